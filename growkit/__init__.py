@@ -1,0 +1,1 @@
+"""growkit: grow a small pretrained transformer into a larger one."""

@@ -1,0 +1,206 @@
+"""The adapter contract: Hugging Face model <-> canonical view, bit-exactly.
+
+An adapter is mostly a table. Each :class:`Entry` says which HF tensor holds a
+role, how to turn it into math orientation and what its axes are. The generic
+code here walks that table both ways, so a family's module only writes what is
+really special about it (fused projections, conv patches, config names).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+from ..core.canonical import Canonical, Dims
+from ..core.errors import GrowError
+
+Tensor = torch.Tensor
+SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One role: ``canon`` name, HF key (``{i}`` is the layer index), axis spec, and layout.
+
+    ``layout`` is ``"linear"`` for ``nn.Linear`` weights (out x in, transposed into
+    math orientation) and ``"raw"`` for tensors already in canonical layout.
+    ``head`` marks keys outside the base model (LM heads, classifiers).
+    """
+
+    canon: str
+    key: str
+    spec: tuple[str, ...]
+    layout: str = "raw"
+    head: bool = False
+
+
+def _to_math(t: Tensor, layout: str) -> Tensor:
+    return t.t() if layout == "linear" else t
+
+
+class Adapter:
+    """Base class; subclasses fill the class attributes and the config hooks."""
+
+    family: ClassVar[str]
+    model_type: ClassVar[str]
+    layer_entries: ClassVar[tuple[Entry, ...]]
+    global_entries: ClassVar[tuple[Entry, ...]]
+    #: whether hidden = heads * head_dim is forced by the architecture (not Llama)
+    head_dim_from_hidden: ClassVar[bool] = True
+
+    # --- config hooks -------------------------------------------------------
+    def dims(self, config: PretrainedConfig) -> Dims:
+        raise NotImplementedError
+
+    def write_dims(self, config: PretrainedConfig, dims: Dims) -> None:
+        """Set ``dims`` on ``config`` in place, in the family's own attribute names."""
+        raise NotImplementedError
+
+    def check_config(self, config: PretrainedConfig) -> None:
+        """Refuse configs this adapter cannot represent exactly."""
+
+    # --- hooks for special tensors ------------------------------------------
+    def extra_to_canonical(self, sd: dict[str, Tensor], prefix: str, config: PretrainedConfig) -> dict[str, Tensor]:
+        return {}
+
+    def extra_specs(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
+    def extra_from_canonical(self, tensors: dict[str, Tensor], prefix: str, config: PretrainedConfig) -> dict[str, Tensor]:
+        return {}
+
+    # --- generic machinery --------------------------------------------------
+    def is_tied(self, model: PreTrainedModel) -> bool:
+        return bool(getattr(model.config, "tie_word_embeddings", False)) and self.has_head(model)
+
+    @staticmethod
+    def prefix(model: PreTrainedModel) -> str:
+        """Key prefix of the base model inside ``model`` ('' for a bare base model)."""
+        return "" if model.base_model is model else model.base_model_prefix + "."
+
+    @staticmethod
+    def has_head(model: PreTrainedModel) -> bool:
+        return model.base_model is not model
+
+    def _entries(self, model_has_head: bool, tied: bool) -> list[Entry]:
+        return [
+            e
+            for e in self.global_entries
+            if (model_has_head or not e.head) and not (tied and e.canon == "lm_head")
+        ]
+
+    def to_canonical(self, model: PreTrainedModel) -> Canonical:
+        """The model's weights by role, exactly (no arithmetic, only views and stacking)."""
+        config = model.config
+        self.check_config(config)
+        dims = self.dims(config)
+        sd = model.state_dict()
+        prefix = self.prefix(model)
+        tied = self.is_tied(model)
+        tensors: dict[str, Tensor] = {}
+        specs: dict[str, tuple[str, ...]] = {}
+        for e in self.layer_entries:
+            key = prefix + e.key
+            if key.format(i=0) not in sd:
+                continue
+            tensors[e.canon] = torch.stack([_to_math(sd[key.format(i=i)], e.layout) for i in range(dims.layers)])
+            specs[e.canon] = ("L",) + e.spec
+        for e in self._entries(self.has_head(model), tied):
+            key = e.key if e.head else prefix + e.key
+            if key in sd:
+                tensors[e.canon] = _to_math(sd[key], e.layout).clone()
+                specs[e.canon] = e.spec
+        extra = self.extra_to_canonical(sd, prefix, config)
+        tensors.update(extra)
+        specs.update({k: v for k, v in self.extra_specs().items() if k in extra})
+        if tied:
+            specs.update(self.tied_specs(specs))
+        canon = Canonical(self.family, dims, tensors, specs, tied=tied)
+        canon.validate()
+        return canon
+
+    def tied_specs(self, specs: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        """With a tied decoder, the norm right before it is split like an input (see canonical.py)."""
+        return {}
+
+    def from_canonical(self, canon: Canonical, config: PretrainedConfig, model_class: type[PreTrainedModel]) -> PreTrainedModel:
+        """Build ``model_class(config)`` holding exactly ``canon``'s weights."""
+        canon.validate()
+        if self.dims(config) != canon.dims:
+            raise ValueError(f"config sizes {self.dims(config)} do not match the weights' {canon.dims}")
+        model = model_class(config)
+        prefix = self.prefix(model)
+        sd: dict[str, Tensor] = {}
+        for e in self.layer_entries:
+            if e.canon not in canon.tensors:
+                continue
+            for i in range(canon.dims.layers):
+                sd[prefix + e.key.format(i=i)] = _to_math(canon.tensors[e.canon][i], e.layout)
+        for e in self._entries(self.has_head(model), canon.tied):
+            if e.canon in canon.tensors:
+                sd[e.key if e.head else prefix + e.key] = _to_math(canon.tensors[e.canon], e.layout)
+        sd.update(self.extra_from_canonical(canon.tensors, prefix, config))
+        own = model.state_dict()
+        unknown = sorted(set(sd) - set(own))
+        if unknown:
+            raise ValueError(f"{self.family}: weights for unknown keys {unknown[:5]}")
+        with torch.no_grad():
+            for key, value in sd.items():
+                if own[key].shape != value.shape:
+                    raise ValueError(f"{key}: shape {tuple(value.shape)} != model's {tuple(own[key].shape)}")
+                own[key].copy_(value)
+        missing = [
+            n for n, _ in model.named_parameters() if n not in sd
+        ]
+        if missing:
+            raise ValueError(f"{self.family}: no canonical weights for {missing[:5]}")
+        model.eval()
+        return model
+
+    # --- target sizes -------------------------------------------------------
+    def target_config(self, config: PretrainedConfig, sizes: dict[str, int]) -> PretrainedConfig:
+        """A copy of ``config`` at the requested sizes, with the defaults the field expects.
+
+        Unset sizes keep head_dim, the FFN ratio and the query/kv group size.
+        """
+        unknown = sorted(set(sizes) - set(SIZE_KEYS))
+        if unknown:
+            raise GrowError(f"unknown size {unknown[0]!r}; use one of {', '.join(SIZE_KEYS)}")
+        for key, value in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise GrowError(f"{key} must be a positive integer, got {value!r}")
+        src = self.dims(config)
+        hidden = sizes.get("hidden_size", src.hidden)
+        if "num_attention_heads" in sizes:
+            heads = sizes["num_attention_heads"]
+        else:
+            if hidden % src.head_dim:
+                raise GrowError(
+                    f"hidden_size={hidden} is not a multiple of head_dim={src.head_dim}; "
+                    "choose a multiple or set num_attention_heads"
+                )
+            heads = hidden // src.head_dim
+        if self.head_dim_from_hidden and hidden % heads:
+            raise GrowError(f"num_attention_heads={heads} does not divide hidden_size={hidden}")
+        head_dim = hidden // heads if self.head_dim_from_hidden else src.head_dim
+        group = src.heads // src.kv_heads
+        kv_heads = sizes.get("num_key_value_heads", heads // group if heads % group == 0 else src.kv_heads)
+        if heads % kv_heads:
+            raise GrowError(f"num_key_value_heads={kv_heads} does not divide num_attention_heads={heads}")
+        if kv_heads != heads and not self.supports_gqa:
+            raise GrowError(f"{self.family} has no grouped-query attention; num_key_value_heads must equal num_attention_heads")
+        ffn = sizes.get("intermediate_size", src.ffn * hidden // src.hidden)
+        target = Dims(hidden, ffn, heads, kv_heads, head_dim, sizes.get("num_hidden_layers", src.layers))
+        src.check_growth_to(target)
+        new = copy.deepcopy(config)
+        self.write_dims(new, target)
+        return new
+
+    supports_gqa: ClassVar[bool] = False
+
+
+#: a factory for tiny configs, used by tests and the embedded default
+ConfigFactory = Callable[..., PretrainedConfig]

@@ -1,0 +1,1 @@
+"""Lowest layer: the canonical weight view, sizes and user-facing errors."""
