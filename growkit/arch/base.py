@@ -126,23 +126,33 @@ class Adapter:
         """With a tied decoder, the norm right before it is split like an input (see canonical.py)."""
         return {}
 
+    def hf_state_dict(self, tensors: dict[str, Tensor], model: PreTrainedModel, tied: bool) -> dict[str, Tensor]:
+        """HF-keyed tensors for ``model`` from canonical ``tensors``, without copying.
+
+        Differentiable: ``fit`` feeds its result to ``torch.func.functional_call``.
+        Tied decoders get no entry of their own; HF ties them to the embedding.
+        """
+        config = model.config
+        prefix = self.prefix(model)
+        layers = self.dims(config).layers
+        sd: dict[str, Tensor] = {}
+        for e in self.layer_entries:
+            if e.canon in tensors:
+                for i in range(layers):
+                    sd[prefix + e.key.format(i=i)] = _to_math(tensors[e.canon][i], e.layout)
+        for e in self._entries(self.has_head(model), tied):
+            if e.canon in tensors:
+                sd[e.key if e.head else prefix + e.key] = _to_math(tensors[e.canon], e.layout)
+        sd.update(self.extra_from_canonical(tensors, prefix, config))
+        return sd
+
     def from_canonical(self, canon: Canonical, config: PretrainedConfig, model_class: type[PreTrainedModel]) -> PreTrainedModel:
-        """Build ``model_class(config)`` holding exactly ``canon``'s weights."""
+        """Build ``model_class(config)`` holding exactly ``canon``'s weights, in eval mode."""
         canon.validate()
         if self.dims(config) != canon.dims:
             raise ValueError(f"config sizes {self.dims(config)} do not match the weights' {canon.dims}")
         model = model_class(config)
-        prefix = self.prefix(model)
-        sd: dict[str, Tensor] = {}
-        for e in self.layer_entries:
-            if e.canon not in canon.tensors:
-                continue
-            for i in range(canon.dims.layers):
-                sd[prefix + e.key.format(i=i)] = _to_math(canon.tensors[e.canon][i], e.layout)
-        for e in self._entries(self.has_head(model), canon.tied):
-            if e.canon in canon.tensors:
-                sd[e.key if e.head else prefix + e.key] = _to_math(canon.tensors[e.canon], e.layout)
-        sd.update(self.extra_from_canonical(canon.tensors, prefix, config))
+        sd = self.hf_state_dict(canon.tensors, model, canon.tied)
         own = model.state_dict()
         unknown = sorted(set(sd) - set(own))
         if unknown:
@@ -152,9 +162,7 @@ class Adapter:
                 if own[key].shape != value.shape:
                     raise ValueError(f"{key}: shape {tuple(value.shape)} != model's {tuple(own[key].shape)}")
                 own[key].copy_(value)
-        missing = [
-            n for n, _ in model.named_parameters() if n not in sd
-        ]
+        missing = [n for n, _ in model.named_parameters() if n not in sd]
         if missing:
             raise ValueError(f"{self.family}: no canonical weights for {missing[:5]}")
         model.eval()
