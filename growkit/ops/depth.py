@@ -1,0 +1,68 @@
+"""Depth growth: stacking (StackBERT), in-place repetition (interpolation) and identity insertion.
+
+Each strategy is a :class:`DepthMap`: the source layer each target layer copies,
+and whether the copy is silenced. A silenced copy has its residual-branch outputs
+(attention output and MLP output, with biases) set to zero, so in a pre-norm
+block it computes the identity. Post-norm blocks (BERT) still apply their
+LayerNorms, so there it is exact only when those norms are the identity.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from ..core.canonical import Canonical, Dims
+
+#: the residual branch outputs; zeroing them turns a pre-norm block into the identity
+RESIDUAL_OUTPUTS = ("layer.o", "layer.o_bias", "layer.mlp_out", "layer.mlp_out_bias")
+POST_NORM_FAMILIES = ("bert",)
+
+
+@dataclass(frozen=True)
+class DepthMap:
+    source: tuple[int, ...]
+    silenced: tuple[bool, ...]
+
+    @classmethod
+    def stack(cls, n_old: int, n_new: int) -> "DepthMap":
+        """Layer l copies layer l mod L1: the whole stack is repeated."""
+        return cls(tuple(l % n_old for l in range(n_new)), (False,) * n_new)
+
+    @classmethod
+    def interpolate(cls, n_old: int, n_new: int) -> "DepthMap":
+        """Layer l copies layer floor(l * L1 / L2): each layer is repeated in place."""
+        return cls(tuple(l * n_old // n_new for l in range(n_new)), (False,) * n_new)
+
+    @classmethod
+    def identity(cls, n_old: int, n_new: int) -> "DepthMap":
+        """Interpolation where every repeat after the first is silenced."""
+        source = tuple(l * n_old // n_new for l in range(n_new))
+        return cls(source, tuple(l > 0 and source[l] == source[l - 1] for l in range(n_new)))
+
+
+DEPTH_MAPS = {"stack": DepthMap.stack, "interpolate": DepthMap.interpolate, "identity": DepthMap.identity}
+
+
+def deepen(src: Canonical, n_layers: int, strategy: str) -> Canonical:
+    """Grow ``src`` to ``n_layers`` layers with the named strategy."""
+    dmap = DEPTH_MAPS[strategy](src.dims.layers, n_layers)
+    if any(dmap.silenced) and src.family in POST_NORM_FAMILIES:
+        warnings.warn(
+            f"{src.family} is post-norm: inserted layers keep their LayerNorms, so identity insertion "
+            "preserves the function only where those norms are the identity",
+            stacklevel=2,
+        )
+    index = torch.tensor(dmap.source)
+    keep = torch.tensor([not s for s in dmap.silenced])
+    out = {}
+    for name in src.tensors:
+        t = src.tensors[name]
+        if src.specs[name][0] == "L":
+            t = t.index_select(0, index)
+            if name in RESIDUAL_OUTPUTS:
+                t = t * keep.view((-1,) + (1,) * (t.dim() - 1)).to(t.dtype)
+        out[name] = t
+    d = src.dims
+    return src.with_tensors(out, Dims(d.hidden, d.ffn, d.heads, d.kv_heads, d.head_dim, n_layers))

@@ -1,0 +1,38 @@
+"""The contract every learned growth operator (LiGO, Mango) follows."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..core.canonical import Canonical, Dims
+
+
+class GrowthOperator(nn.Module):
+    """An ``nn.Module`` whose ``forward()`` materialises the target's canonical tensors.
+
+    The source weights are held as buffers (frozen: they never receive gradients);
+    only the operator's own parameters are fit. ``materialize`` gives the plain
+    target weights once fitting is done, after which the operator is thrown away.
+    """
+
+    def __init__(self, source: Canonical, target_dims: Dims):
+        super().__init__()
+        self.source_meta = source.with_tensors({k: v.detach() for k, v in source.tensors.items()})
+        self.target_dims = target_dims
+        for i, (name, tensor) in enumerate(source.tensors.items()):
+            self.register_buffer(f"source_{i}", tensor.detach().clone(), persistent=False)
+        self._source_names = list(source.tensors)
+
+    def source_tensor(self, name: str) -> torch.Tensor:
+        return getattr(self, f"source_{self._source_names.index(name)}")
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def materialize(self) -> Canonical:
+        """The target's canonical weights as plain tensors (no graph attached)."""
+        tensors = {k: v.detach().clone().contiguous() for k, v in self().items()}
+        canon = self.source_meta.with_tensors(tensors, self.target_dims)
+        canon.validate()
+        return canon
