@@ -114,6 +114,29 @@ def cancelling_noise(t: Tensor, spec: tuple[str, ...], wmap: WidthMap, scale: fl
     return (moved - mean).movedim(0, dim).to(t.dtype)
 
 
+def width_start(
+    src: Canonical, tgt_dims: Dims, strategy: str = "random", *, noise: float = 0.0, seed: int = 0
+) -> tuple[WidthMap, dict[str, Tensor]]:
+    """The copy map and the per-tensor cancelling noise that :func:`widen` applies for ``seed``.
+
+    Exposed so that a learned operator can start exactly where a fixed one ends.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    wmap = WidthMap.build(src.dims, _width_dims(src, tgt_dims), strategy, gen)
+    noises: dict[str, Tensor] = {}
+    if noise:
+        for name, t in src.tensors.items():
+            scale = noise * float(t.double().std()) if t.numel() > 1 else 0.0
+            shape = src.expected_shape(name, _width_dims(src, tgt_dims))
+            noises[name] = cancelling_noise(t.new_empty(shape), src.specs[name], wmap, scale, gen)
+    return wmap, noises
+
+
+def _width_dims(src: Canonical, tgt_dims: Dims) -> Dims:
+    """``tgt_dims`` with the source's number of layers."""
+    return Dims(tgt_dims.hidden, tgt_dims.ffn, tgt_dims.heads, tgt_dims.kv_heads, tgt_dims.head_dim, src.dims.layers)
+
+
 def widen(
     src: Canonical,
     tgt_dims: Dims,
@@ -129,20 +152,17 @@ def widen(
     ``knowledge_from_next_layer`` (bert2BERT AKI) the new output units of layer l
     take their weights from layer l+1 (the last layer from itself).
     """
-    gen = torch.Generator().manual_seed(seed)
-    dims = Dims(tgt_dims.hidden, tgt_dims.ffn, tgt_dims.heads, tgt_dims.kv_heads, tgt_dims.head_dim, src.dims.layers)
-    wmap = WidthMap.build(src.dims, dims, strategy, gen)
+    wmap, noises = width_start(src, tgt_dims, strategy, noise=noise, seed=seed)
     out: dict[str, Tensor] = {}
     for name, t in src.tensors.items():
         spec = src.specs[name]
         grown = widen_tensor(t, spec, wmap)
         if knowledge_from_next_layer and spec[0] == "L":
             grown = torch.where(_new_output_units(grown, spec, wmap), _next_layer(grown), grown)
-        if noise:
-            scale = noise * float(t.double().std()) if t.numel() > 1 else 0.0
-            grown = grown + cancelling_noise(grown, spec, wmap, scale, gen)
+        if name in noises:
+            grown = grown + noises[name]
         out[name] = grown
-    return src.with_tensors(out, dims)
+    return src.with_tensors(out, _width_dims(src, tgt_dims))
 
 
 def _next_layer(t: Tensor) -> Tensor:
