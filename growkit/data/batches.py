@@ -1,0 +1,224 @@
+"""Task data: one deterministic train stream and one fixed held-out set per run.
+
+Every consumer (``train``, the learned-operator ``fit``, the benchmark, the CLI)
+takes batches from a :class:`TaskData`, so all runs of a comparison see the same
+data order and are scored on the same evaluation batches. Examples are kept
+as stacked tensors and a batch is an index into them, which makes the stream
+cheap, repeatable for a seed, and endless (it reshuffles every epoch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from transformers import PretrainedConfig, PreTrainedTokenizerFast
+
+from ..core.errors import GrowError
+from .corpus import embedded_text, read_text
+from .images import digits, image_folder
+from .tokenizer import check_vocab, encode, train_bpe
+
+Batch = dict[str, torch.Tensor]
+KIND = {"gpt2": "causal", "llama": "causal", "bert": "mlm", "vit": "image"}
+MLM_PROB, MASK_FRAC, RANDOM_FRAC = 0.15, 0.8, 0.1
+
+
+@dataclass(frozen=True)
+class Masker:
+    """BERT's masking: 15% of ordinary tokens are predicted; of those 80% -> [MASK], 10% random, 10% kept."""
+
+    mask_id: int
+    vocab_size: int
+    special_ids: tuple[int, ...]
+
+    def __call__(self, ids: torch.Tensor, generator: torch.Generator) -> Batch:
+        chosen = torch.rand(ids.shape, generator=generator) < MLM_PROB
+        chosen &= ~torch.isin(ids, torch.tensor(self.special_ids))
+        action = torch.rand(ids.shape, generator=generator)
+        random_ids = torch.randint(self.vocab_size, ids.shape, generator=generator)
+        inputs = torch.where(chosen & (action < MASK_FRAC), self.mask_id, ids)
+        inputs = torch.where(chosen & (action >= MASK_FRAC) & (action < MASK_FRAC + RANDOM_FRAC), random_ids, inputs)
+        return {
+            "input_ids": inputs,
+            "attention_mask": torch.ones_like(ids),
+            "token_type_ids": torch.zeros_like(ids),
+            "labels": torch.where(chosen, ids, -100),
+        }
+
+
+@dataclass
+class TaskData:
+    """Training examples stacked on dim 0, the fixed evaluation batches, and how to make a batch.
+
+    ``examples`` holds ``input_ids`` rows (text) or ``pixel_values`` and ``labels``
+    (images). ``masker`` is set for BERT: train batches are masked afresh from the
+    stream's generator; eval batches were masked once, when they were built.
+    """
+
+    family: str
+    batch_size: int
+    examples: Batch
+    eval_batches: list[Batch] = field(default_factory=list)
+    tokenizer: PreTrainedTokenizerFast | None = None
+    masker: Masker | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_train(self) -> int:
+        return len(next(iter(self.examples.values())))
+
+    def to_batch(self, examples: Batch, generator: torch.Generator) -> Batch:
+        """The model-ready batch (labels, masks) for some stacked examples."""
+        if self.masker is not None:
+            return self.masker(examples["input_ids"], generator)
+        if "input_ids" in examples:
+            return {"input_ids": examples["input_ids"], "labels": examples["input_ids"]}
+        return dict(examples)
+
+    def train_batches(self, seed: int = 0) -> Iterator[Batch]:
+        """Endless full batches, the same sequence for the same ``seed``; each epoch is a new shuffle."""
+        generator = torch.Generator().manual_seed(seed)
+        n, b = self.num_train, self.batch_size
+        while True:
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n - b + 1, b):
+                rows = order[start : start + b]
+                yield self.to_batch({k: v[rows] for k, v in self.examples.items()}, generator)
+
+
+def _windows(ids: torch.Tensor, length: int) -> torch.Tensor:
+    """Non-overlapping rows of ``length`` tokens (a tail that does not fill a row is dropped)."""
+    n = len(ids) // length
+    return ids[: n * length].view(n, length)
+
+
+def _spread(n: int, count: int) -> torch.Tensor:
+    """At most ``count`` indices evenly spaced over ``range(n)``, so a small eval set covers the whole split."""
+    return torch.arange(n) if n <= count else torch.linspace(0, n - 1, count).round().long()
+
+
+def _finish(data: TaskData, eval_examples: Batch, eval_batches: int, seed: int, unit: str) -> TaskData:
+    """Pick the eval examples, build the fixed eval batches, and refuse data too small to use."""
+    n_eval = len(next(iter(eval_examples.values())))
+    if data.num_train < data.batch_size:
+        raise GrowError(
+            f"the data gives {data.num_train} training {unit}, fewer than one batch of {data.batch_size}; "
+            "use more data or a smaller batch size"
+        )
+    if n_eval < 1:
+        raise GrowError(f"the data is too small to hold out any evaluation {unit}; use more data")
+    keep = _spread(n_eval, eval_batches * data.batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    data.eval_batches = [
+        data.to_batch({k: v[rows] for k, v in eval_examples.items()}, generator) for rows in keep.split(data.batch_size)
+    ]
+    data.info.update(train=data.num_train, eval=len(keep), unit=unit)
+    return data
+
+
+def _text_task(family, text, tokenizer, seq_len, batch_size, eval_fraction, eval_batches, seed) -> TaskData:
+    ids = torch.tensor(encode(tokenizer, text), dtype=torch.long)
+    n_eval = int(len(ids) * eval_fraction)
+    splits = ids[: len(ids) - n_eval], ids[len(ids) - n_eval :]
+    masker = None
+    if KIND[family] == "mlm":
+        missing = [name for name in ("mask_token", "cls_token", "sep_token") if getattr(tokenizer, name) is None]
+        if missing:
+            raise GrowError(f"BERT's masked-LM objective needs a tokenizer with a {', '.join(missing)}")
+        masker = Masker(tokenizer.mask_token_id, len(tokenizer), tuple(tokenizer.all_special_ids))
+        cls, sep = torch.tensor([tokenizer.cls_token_id]), torch.tensor([tokenizer.sep_token_id])
+
+        def rows(part: torch.Tensor) -> torch.Tensor:  # [CLS] body [SEP]
+            body = _windows(part, seq_len - 2)
+            return torch.cat([cls.expand(len(body), 1), body, sep.expand(len(body), 1)], dim=1)
+
+    else:
+
+        def rows(part: torch.Tensor) -> torch.Tensor:
+            return _windows(part, seq_len)
+
+    data = TaskData(family, batch_size, {"input_ids": rows(splits[0])}, tokenizer=tokenizer, masker=masker)
+    data.info["tokens"] = len(ids)
+    return _finish(data, {"input_ids": rows(splits[1])}, eval_batches, seed, f"sequences of {seq_len} tokens")
+
+
+def _image_task(path, image_size, channels, batch_size, eval_fraction, eval_batches, seed) -> TaskData:
+    if path is None:
+        if channels != 1:
+            raise GrowError(f"the built-in digits are greyscale (1 channel); the model expects {channels}")
+        images, labels = digits(image_size)
+        classes = [str(i) for i in range(10)]
+    else:
+        images, labels, classes = image_folder(path, image_size, channels)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))  # the split ignores file order
+    images, labels = images[order], labels[order]
+    n_train = len(labels) - int(len(labels) * eval_fraction)
+    mean, std = images[:n_train].mean(), images[:n_train].std()
+    images = (images - mean) / std
+    data = TaskData("vit", batch_size, {"pixel_values": images[:n_train], "labels": labels[:n_train]})
+    data.info["classes"] = classes
+    return _finish(data, {"pixel_values": images[n_train:], "labels": labels[n_train:]}, eval_batches, seed, "images")
+
+
+def _max_positions(config: PretrainedConfig) -> int | None:
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def build_task_data(
+    family: str,
+    *,
+    text: str | None = None,
+    path: str | Path | None = None,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    config: PretrainedConfig | None = None,
+    seq_len: int = 128,
+    batch_size: int = 16,
+    image_size: int = 32,
+    vocab_size: int = 4096,
+    eval_fraction: float = 0.1,
+    eval_batches: int = 8,
+    seed: int = 0,
+) -> TaskData:
+    """The train stream and held-out batches for ``family`` ('gpt2', 'llama', 'bert' or 'vit').
+
+    Text comes from ``text``, else ``path`` (see :func:`read_text`), else the
+    embedded corpus; the last ``eval_fraction`` of its tokens is held out and at
+    most ``eval_batches`` batches of it, spread over the split, form the eval set.
+    Without a ``tokenizer`` a byte-level BPE of ``vocab_size`` (capped at the
+    model's) is trained on the text. ViT uses the digits (or an image folder at
+    ``path``), shuffled once before the split. Given a ``config``, sizes
+    are checked against it and the ViT image size and channels are taken from it.
+    ``seed`` fixes the held-out choices (MLM eval masks, image split), not the train order.
+    """
+    if family not in KIND:
+        raise GrowError(f"unknown family {family!r}; use one of {', '.join(KIND)}")
+    if config is not None and config.model_type != family:
+        raise GrowError(f"the data is for {family} but the model config is {config.model_type}")
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("image_size", image_size), ("eval_batches", eval_batches)):
+        if value < 1:
+            raise GrowError(f"{name} must be positive, got {value}")
+    if not 0 < eval_fraction < 1:
+        raise GrowError(f"eval_fraction must be between 0 and 1, got {eval_fraction}")
+    if KIND[family] == "image":
+        channels = 1
+        if config is not None:
+            image_size, channels = config.image_size, config.num_channels
+        data = _image_task(path, image_size, channels, batch_size, eval_fraction, eval_batches, seed)
+        if config is not None and len(data.info["classes"]) > config.num_labels:
+            raise GrowError(f"the data has {len(data.info['classes'])} classes but the model has num_labels={config.num_labels}")
+        return data
+    if KIND[family] == "mlm" and seq_len < 3:
+        raise GrowError("BERT sequences need seq_len >= 3 ([CLS] text [SEP])")
+    if config is not None:
+        limit = _max_positions(config)
+        if limit is not None and seq_len > limit:
+            raise GrowError(f"seq_len={seq_len} exceeds the model's {limit} positions")
+    if text is None:
+        text = read_text(path) if path is not None else embedded_text()
+    if tokenizer is None:
+        tokenizer = train_bpe(text, min(vocab_size, config.vocab_size) if config is not None else vocab_size)
+    if config is not None:
+        check_vocab(tokenizer, config)
+    return _text_task(family, text, tokenizer, seq_len, batch_size, eval_fraction, eval_batches, seed)

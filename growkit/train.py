@@ -1,0 +1,210 @@
+"""The training loop: AdamW, warmup then decay, clipping, periodic eval, JSONL metrics, checkpoints.
+
+One loop, readable top to bottom (nanoGPT's shape). Hugging Face Accelerate puts
+the model, optimiser and scheduler on the device. Every run of a comparison goes
+through this same loop, so their curves differ only by the initial weights:
+the data order comes from ``TaskData.train_batches(seed)`` and the evaluation
+set is fixed. The loop syncs with the device once per logged step (the loss),
+and the clock it reports counts training only, not evaluation or checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from .core.errors import GrowError
+from .data import TaskData
+from .flops import batch_tokens, flops_per_batch
+from .io import save_pretrained
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule and bookkeeping of one run; the defaults suit the small models growkit trains on CPU."""
+
+    steps: int = 200  #: optimiser steps
+    lr: float = 1e-3  #: peak learning rate (small models tolerate a high one)
+    warmup: int = 20  #: steps of linear warmup from lr/warmup to lr
+    schedule: str = "cosine"  #: decay after warmup: cosine, linear or constant
+    min_lr_ratio: float = 0.1  #: the decay ends at lr * min_lr_ratio
+    weight_decay: float = 0.1  #: AdamW decay, on matrices only (not biases, norms)
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip: float = 1.0  #: max gradient norm; 0 turns clipping off
+    eval_every: int = 50  #: held-out eval every k steps, plus at step 0 and at the end; 0: only at the end
+    log_every: int = 1  #: a metrics record (mean train loss since the last one) every k steps
+    checkpoint_every: int = 0  #: a checkpoint every N steps (0: none); out_dir always gets the final model
+    seed: int = 0  #: seeds the data order and dropout
+    device: str = "cpu"  #: "cpu", or "auto" for the accelerator Accelerate finds (GPU when there is one)
+    progress: bool | None = None  #: tqdm bar; None: only when stderr is a terminal
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise GrowError(f"steps must be at least 1, got {self.steps}")
+        if self.schedule not in SCHEDULES:
+            raise GrowError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if self.device not in ("cpu", "auto"):
+            raise GrowError(f"device must be 'cpu' or 'auto', got {self.device!r}")
+        for name in ("warmup", "eval_every", "checkpoint_every", "clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise GrowError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.lr <= 0 or self.log_every < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise GrowError("lr must be positive, log_every at least 1 and min_lr_ratio within [0, 1]")
+
+
+@dataclass
+class TrainResult:
+    """Per-record ``history`` (also in ``metrics.jsonl``), the final eval loss and the run's totals."""
+
+    history: list[dict] = field(default_factory=list)
+    eval_loss: float = math.nan
+    flops: float = 0.0
+    seconds: float = 0.0
+    final_dir: Path | None = None
+    diverged_at: int | None = None
+
+
+def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
+    """The multiplier of ``cfg.lr`` at each step: linear warmup, then the chosen decay to ``min_lr_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices (weights, embeddings), not vectors (biases, norm scales)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def evaluate(model: torch.nn.Module, batches: list[dict], device: torch.device) -> float:
+    """Mean loss over the fixed eval batches, in eval mode (no dropout)."""
+    model.eval()
+    with torch.no_grad():
+        losses = [model(**{k: v.to(device) for k, v in b.items()}).loss for b in batches]
+    model.train()
+    return torch.stack(losses).mean().item()
+
+
+def _prepare_out(out_dir: Path | None) -> Path | None:
+    if out_dir is None:
+        return None
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise GrowError(f"output folder {out_dir} exists and is not empty; choose a new one")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def train(
+    model: PreTrainedModel,
+    data: TaskData,
+    cfg: TrainConfig,
+    out_dir: Path | None = None,
+    *,
+    flops_offset: float = 0.0,
+    seconds_offset: float = 0.0,
+) -> TrainResult:
+    """Train ``model`` in place on ``data`` for ``cfg.steps`` steps.
+
+    Records hold ``step``, ``loss`` (mean since the previous record), ``lr``,
+    ``flops`` and ``seconds`` (cumulative, starting at the offsets, so a grown
+    run can start after its operator's fit) and ``tokens_per_s``; evaluated
+    steps add ``eval_loss`` (step 0 has only that). With ``out_dir`` (new or
+    empty) records go to ``metrics.jsonl``, checkpoints to ``checkpoint-<step>``
+    and the final model to ``final``. A non-finite loss stops the run early
+    (``diverged_at``), without saving a final model.
+    """
+    cfg.check()
+    out_dir = _prepare_out(out_dir)
+    torch.manual_seed(cfg.seed)
+    accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision="no")
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    config, device = accelerator.unwrap_model(model).config, accelerator.device
+    result = TrainResult(flops=flops_offset, seconds=seconds_offset)
+
+    def record(rec: dict) -> None:
+        result.history.append(rec)
+        if out_dir:  # appended as it comes, so a killed run keeps its curve
+            with (out_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def checkpoint(folder: Path, step: int) -> None:
+        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": torch.get_rng_state(), "flops": result.flops, "seconds": result.seconds,
+                 "config": asdict(cfg)}
+        save_pretrained(accelerator.unwrap_model(model), folder, data.tokenizer, overwrite=True, state=state)
+
+    if cfg.eval_every:
+        record({"step": 0, "eval_loss": evaluate(model, data.eval_batches, device),
+                "flops": result.flops, "seconds": result.seconds})
+    model.train()
+    stream = data.train_batches(cfg.seed)
+    bar = tqdm(total=cfg.steps, desc="train", disable=not (sys.stderr.isatty() if cfg.progress is None else cfg.progress))
+    loss_sum, count, tokens = torch.zeros((), device=device), 0, 0
+    start = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        batch = {k: v.to(device) for k, v in next(stream).items()}
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        if cfg.clip:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach()
+        count += 1
+        tokens += batch_tokens(config, batch)
+        result.flops += flops_per_batch(config, batch)
+        bar.update()
+        last = step == cfg.steps
+        evaluating = last or (cfg.eval_every and step % cfg.eval_every == 0)
+        if step % cfg.log_every and not evaluating:
+            continue
+        mean_loss = (loss_sum / count).item()  # the one device sync
+        elapsed = time.perf_counter() - start
+        result.seconds += elapsed
+        rec = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "flops": result.flops,
+               "seconds": result.seconds, "tokens_per_s": tokens / elapsed}
+        if not math.isfinite(mean_loss):
+            result.diverged_at = step
+            record(rec)
+            break
+        if evaluating:
+            rec["eval_loss"] = result.eval_loss = evaluate(model, data.eval_batches, device)
+        record(rec)
+        bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+        if out_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
+            checkpoint(out_dir / f"checkpoint-{step}", step)
+        loss_sum.zero_()
+        count, tokens = 0, 0
+        start = time.perf_counter()
+    bar.close()
+    if out_dir and result.diverged_at is None:
+        result.final_dir = out_dir / "final"
+        checkpoint(result.final_dir, result.history[-1]["step"])
+    return result
