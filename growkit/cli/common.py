@@ -1,0 +1,82 @@
+"""What several commands share: model folders in and out, data options, summaries."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from transformers import PretrainedConfig
+
+from ..arch import adapter_for
+from ..core.errors import GrowError
+from ..io import load_config, load_pretrained, model_class, save_pretrained
+
+#: files besides weights and tokenizer that a grown model keeps from its source
+CARRIED_FILES = ("preprocessor_config.json", "generation_config.json")
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to write over existing work, before anything is loaded or computed."""
+    if out.exists() and not out.is_dir():
+        raise GrowError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise GrowError(f"{out} exists and is not empty; choose another folder or pass --overwrite")
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameter_count(config: PretrainedConfig) -> int:
+    """Parameters of the model ``config`` describes, counted without allocating it."""
+    with torch.device("meta"):
+        return count_parameters(model_class(config)(config))
+
+
+def describe(label: str, config: PretrainedConfig) -> str:
+    d = adapter_for(config).dims(config)
+    return (
+        f"{label:<8} {config.model_type}: {d.layers} layers, hidden {d.hidden}, ffn {d.ffn}, "
+        f"heads {d.heads} (kv {d.kv_heads}, head_dim {d.head_dim}), {parameter_count(config):,} parameters"
+    )
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        help="text file or folder (GPT-2, BERT, Llama), a local HF datasets folder, `digits` or an image "
+        "folder (ViT); default: the embedded offline corpus, or digits for ViT",
+    )
+    group.add_argument("--batch-size", type=int, default=16, help="batch size (default: 16)")
+    group.add_argument("--seq-len", type=int, help="tokens per sequence (default: 128, or the model's positions if fewer)")
+
+
+def task_data(args: argparse.Namespace, config: PretrainedConfig, tokenizer):
+    """The TaskData a command trains or fits on, from ``--data`` or the embedded default."""
+    from ..data import build_task_data
+
+    path = None if args.data in (None, "digits") else args.data
+    seq_len = args.seq_len
+    if seq_len is None:
+        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        seq_len = min(128, limit or 128)
+    return build_task_data(
+        config.model_type, path=path, tokenizer=tokenizer, config=config,
+        seq_len=seq_len, batch_size=args.batch_size, seed=args.seed,
+    )
+
+
+def load_model(folder: Path):
+    """The model in ``folder`` and its tokenizer (None when the folder has none)."""
+    from ..data.tokenizer import load_tokenizer
+
+    model = load_pretrained(folder)
+    tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").is_file() else None
+    return model, tokenizer
+
+
+def save_model(model, out: Path, *, src: Path | None, tokenizer, overwrite: bool, state: dict | None = None) -> None:
+    """Save atomically, keeping the source's tokenizer and preprocessor files."""
+    extra = [src / name for name in CARRIED_FILES if src is not None and (src / name).is_file()]
+    save_pretrained(model, out, tokenizer, overwrite=overwrite, state=state, extra_files=extra)

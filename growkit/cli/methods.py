@@ -1,0 +1,25 @@
+"""``growkit methods``: list the growth methods."""
+from __future__ import annotations
+
+import argparse
+
+from ..ops import DEPTH_OPS, WIDTH_OPS, get_method, methods
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "methods",
+        help="list the growth methods",
+        description="List the growth methods, and the width and depth operators fixed methods combine.",
+        epilog="example:\n  growkit methods",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for name, summary in methods().items():
+        method = get_method(name)
+        kind = "learned" if method.learned else f"width={method.width}, depth={method.depth}"
+        print(f"{name:<12} {summary}  [{kind}]")
+    print(f"\nwidth operators: {', '.join(WIDTH_OPS)}    depth operators: {', '.join(DEPTH_OPS)}")
+    return 0
