@@ -102,8 +102,10 @@ def save_pretrained(
     *,
     overwrite: bool = False,
     state: dict | None = None,
+    extra_files: list[Path] = (),
 ) -> Path:
-    """Write ``model`` (safetensors), its tokenizer and an optional training ``state`` to ``folder``.
+    """Write ``model`` (safetensors), its tokenizer, an optional training ``state`` and copies of
+    ``extra_files`` (e.g. a preprocessor config) to ``folder``.
 
     A non-empty ``folder`` is refused unless ``overwrite``. Files are written to a
     hidden sibling folder first and renamed into place, so ``folder`` holds either
@@ -125,6 +127,8 @@ def save_pretrained(
             tokenizer.save_pretrained(str(tmp))
         if state is not None:
             torch.save(state, tmp / STATE_FILE)
+        for path in extra_files:
+            shutil.copy2(path, tmp / Path(path).name)
         if folder.exists():
             folder.rename(old)
         tmp.rename(folder)
