@@ -5,9 +5,12 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from ..core.errors import GrowError
 from .base import Adapter, Entry
+from .bert import BertAdapter
 from .gpt2 import GPT2Adapter
+from .llama import LlamaAdapter
+from .vit import ViTAdapter
 
-ADAPTERS: dict[str, Adapter] = {a.model_type: a for a in (GPT2Adapter(),)}
+ADAPTERS: dict[str, Adapter] = {a.model_type: a for a in (GPT2Adapter(), BertAdapter(), ViTAdapter(), LlamaAdapter())}
 
 #: the HF classes each family supports, by class name
 SUPPORTED_CLASSES = {
