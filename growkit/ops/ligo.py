@@ -97,8 +97,8 @@ def _plans(source: Canonical, target: Dims) -> dict[str, Plan]:
 
 
 def _groups(source: Canonical, target: Dims, plans: dict[str, Plan]) -> dict[str, tuple[int, int, int | None]]:
-    """(old units, new units, layers or None) of every group some tensor uses."""
-    used = {group for plan in plans.values() for _, group, _ in plan}
+    """(old units, new units, layers or None) of every group some tensor uses, in first-use order."""
+    used = dict.fromkeys(group for plan in plans.values() for _, group, _ in plan)  # a set would make seeds vary
     layers = source.dims.layers
     return {
         g: (source.dims.axis(GROUP_AXIS[g]), target.axis(GROUP_AXIS[g]), None if g == "D" else layers)
@@ -171,9 +171,9 @@ class LiGO(GrowthOperator):
         self.depth = nn.ParameterDict({_depth_key(n): nn.Parameter(w) for n, w in start.depth.items()})
         for g, count in start.counts.items():
             self.register_buffer(f"count_{g}", count, persistent=False)
-        self.offset_names = list(start.offsets)
-        for i, name in enumerate(self.offset_names):
-            self.register_buffer(f"offset_{i}", start.offsets[name], persistent=False)
+        self.offsets = {name: f"offset_{i}" for i, name in enumerate(start.offsets)}
+        for name, buffer in self.offsets.items():
+            self.register_buffer(buffer, start.offsets[name], persistent=False)
         self.next_layer = start.next_layer
         layers = source.dims.layers
         self.register_buffer("next_index", torch.clamp(torch.arange(layers) + 1, max=layers - 1), persistent=False)
@@ -186,8 +186,8 @@ class LiGO(GrowthOperator):
             if self.plans[name]:
                 knowledge = t.index_select(0, self.next_index) if self.next_layer and layered else None
                 t = self._widen(t, self.plans[name], knowledge)
-            if name in self.offset_names:
-                t = t + getattr(self, f"offset_{self.offset_names.index(name)}")
+            if name in self.offsets:
+                t = t + getattr(self, self.offsets[name])
             if layered:
                 t = torch.einsum("ml,l...->m...", self.depth[_depth_key(name)], t)
             out[name] = t
