@@ -1,0 +1,537 @@
+"""Mango: the multi-linear growth operator (Pan et al., NeurIPS 2023, arXiv 2310.10699).
+
+Packing. Every per-layer matrix of the canonical view (spec ``L, X.in, Y.out``)
+is cut into D x D tiles in math orientation and the tiles are stacked into
+``M[b, i, o, l]`` (B x D x D x L). Matrices go in the order q, k, v, (gate), mlp_in,
+o, mlp_out, so B = 4 + 2 ceil(F/D) for a GELU MLP and 4 + 3 ceil(F/D) for SwiGLU.
+Where a unit sits in its tile is chosen so that every fixed start below is one
+Kronecker pattern shared by all tiles:
+
+- D and Q (heads x head_dim, which must equal D) fill one tile in order.
+- K (kv heads) is spread over a Q-wide tile: kv head g sits where query head
+  g * group sits, the first head of its group. With K packed contiguously, one
+  pattern cannot grow the query heads and keep every head in its kv group.
+- F is strided: unit f sits in tile f mod n at position f // n (n = ceil(F/D)),
+  so that tiling F (unit f2 copies f2 mod F1) is a tile pattern, and the cut pads
+  the end of each tile with zeros. The source is packed into M1 and the target is
+  unpacked (cropped) from M2 the same way.
+
+The map. Four tensor-ring cores S_B (R x B1 x B2 x R), S_I, S_O (R x D1 x D2 x R)
+and S_L (R x L1 x L2 x R) give ``M2[b2,i2,o2,l2] = sum M1[b1,i1,o1,l1]
+Tr(S_B[:,b1,b2,:] S_I[:,i1,i2,:] S_O[:,o1,o2,:] S_L[:,l1,l2,:])``, contracted by
+:func:`ring_map` without building the map. The cores are the only parameters:
+R^2 (B1 B2 + 2 D1 D2 + L1 L2) (:func:`parameter_count`).
+
+Vectors and globals use the same cores and add no parameters. Every other
+tensor is placed in the same index space: its ``.in`` axis (if any) is tiled like
+a matrix row, its ``.out`` axis like a column, its layer axis is L, and the ring
+is closed with the same four cores, where an absent axis takes its core
+collapsed to an R x R matrix that every start sets to the identity on its terms:
+
+- no ``.in`` axis: S_I at source unit 0 summed over target units (a unit's
+  outgoing mass: 1 for any split);
+- no ``.out`` axis: S_O at target unit 0 summed over source units (a unit's
+  incoming mass: 1 for any copy; unit 0 is never a new unit, which AKI needs);
+- no layer axis (globals): S_L at target layer 0 summed over source layers;
+- S_B is read at the tiles of a *home* matrix: a bias's own matrix (``o_bias``
+  -> o), otherwise the first packed matrix with the tensor's multi-tile axes on
+  the same sides, which for the D-only norms and embeddings is q. An absent side
+  collapses over its tiles the same way (row tile 0 summed over target row
+  tiles; target column tile 0 summed over source column tiles). Reading o's and
+  mlp_out's tiles is what silences their biases with their matrices.
+
+Tensors with no growable axis and no layer axis (vocab or label biases) are copied.
+
+Start. Each start is a sum of c Kronecker terms placed on the ring's diagonal
+(c <= R), and the first materialisation equals that fixed operator exactly:
+
+- Width. S_O copies units, S_I splits them by their copy count (Net2Net/bert2BERT
+  FPI), one pattern on every tile, so the selection is head-aligned: growkit's
+  own GQA-aware head map (:class:`~growkit.ops.width.WidthMap`), applied to the
+  hidden units, to the positions inside every FFN and attention tile, and to the
+  kv heads through the spread K layout. S_B copies whole tiles (identity when
+  ceil(F/D) is unchanged), splitting ``.in`` tiles by their copy count.
+- Depth. S_L is the stacking or interpolation matrix. Identity insertion zeroes
+  the copies' residual outputs (o, mlp_out and biases): a second term whose S_B
+  keeps only those tiles and whose S_L drops the silenced layers, while the
+  first keeps the other tiles with all layers.
+- AKI (new units take layer l+1's weights) is a second term with S_O on the new
+  units only and S_L shifted by one source layer.
+- Symmetry. Copies made by one Kronecker pattern stay identical under gradient
+  descent, so ``noise`` adds, to every term's S_I, noise that sums to zero over
+  each group of copies (the copies see equal inputs, so it cancels: the start
+  computes the same function). Ring slices beyond c start with S_B = 0 and
+  random S_I, S_O, S_L; the cores' strictly upper ring entries of S_I and S_O
+  are random too, and S_L is ring-diagonal, so every extra path through the
+  ring meets a zero and the output is exact while every core gets gradients.
+
+Reachable fixed methods (``init=``; ``grow_fixed`` with the registry's width and
+depth, ``noise=0``, and Mango's selection; see :attr:`MangoOperator.copy_map`):
+
+=============  ==========  ====================================================
+init           min. rank   note
+=============  ==========  ====================================================
+stackbert      1           Net2Net width, stacked layers (default)
+interpolate    1           Net2Net width, layers repeated in place
+net2net        2           identity insertion is two terms (1 if no layer is new)
+bert2bert      2           AKI is two terms (1 if no unit is new)
+exact          2           equals ``grow_fixed(..., "tile", "identity", noise=0)``
+                           bit for bit when D1 | D2, D | F with the same F/D
+                           ratio and the GQA group size is unchanged
+=============  ==========  ====================================================
+
+Not reachable: growkit's own ``net2net`` selection (it draws hidden and FFN units
+independently and per unit, which shared S_I/S_O cannot express), the fixed
+operators' per-entry cancelling noise (not a Kronecker pattern), and LiGO's
+per-layer width matrices. When F is not a multiple of D, or ceil(F/D) shrinks,
+tiles are padded or dropped and the start is Net2Net only approximately.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..core.canonical import GROWABLE, Canonical, Dims, parse_axis
+from ..core.errors import GrowError
+from . import METHODS, WIDTH_OPS, Method, register
+from .depth import DEPTH_MAPS, POST_NORM_FAMILIES, RESIDUAL_OUTPUTS
+from .mango_contract import MAX_ELEMENTS, ring_map
+from .operator import GrowthOperator
+from .width import AxisMap, WidthMap
+
+Tensor = torch.Tensor
+DEFAULT_INIT = "stackbert"
+#: packing order: residual-branch outputs last, so that q anchors the D-only tensors
+ORDER = ("layer.q", "layer.k", "layer.v", "layer.mlp_gate", "layer.mlp_in", "layer.o", "layer.mlp_out")
+#: the fixed methods a start can equal, and the learned ones it cannot, with why
+UNREACHABLE = {
+    "ligo": "LiGO's width matrices differ per layer and role, while Mango's width cores are shared by every tile",
+    "mango": "a start is a fixed method",
+}
+
+
+# --- packing ------------------------------------------------------------------
+@dataclass(frozen=True)
+class AxisLayout:
+    """Where each unit of one axis sits: ``slot[u] = tile * width + position``."""
+
+    tiles: int
+    width: int
+    slot: Tensor
+
+    def pack(self, t: Tensor, dim: int) -> Tensor:
+        """Axis ``dim`` of length n -> two axes (tiles, width), zero where no unit sits."""
+        shape = list(t.shape)
+        shape[dim] = self.tiles * self.width
+        slot = self.slot.to(t.device)
+        return t.new_zeros(shape).index_copy(dim, slot, t).unflatten(dim, (self.tiles, self.width))
+
+    def unpack(self, t: Tensor, dim: int) -> Tensor:
+        """Axes ``dim, dim + 1`` (tiles, width) -> the units (padding is cropped)."""
+        return t.flatten(dim, dim + 1).index_select(dim, self.slot.to(t.device))
+
+
+UNIT = AxisLayout(1, 1, torch.zeros(1, dtype=torch.long))
+
+
+def axis_layouts(dims: Dims) -> dict[str, AxisLayout]:
+    """The D-wide tiling of every growable axis (see the module docstring)."""
+    d, hd, n_f = dims.hidden, dims.head_dim, math.ceil(dims.ffn / dims.hidden)
+    group = dims.heads // dims.kv_heads
+    kv_slots = (torch.arange(dims.kv_heads) * group * hd)[:, None] + torch.arange(hd)
+    f = torch.arange(dims.ffn)
+    return {
+        "D": AxisLayout(1, d, torch.arange(d)),
+        "Q": AxisLayout(math.ceil(dims.axis("Q") / d), d, torch.arange(dims.axis("Q"))),
+        "K": AxisLayout(math.ceil(dims.axis("Q") / d), d, kv_slots.reshape(-1)),
+        "F": AxisLayout(n_f, d, (f % n_f) * d + f // n_f),
+    }
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How a canonical tensor maps onto the ring's index space ``[lead..., tile, in, out, layer]``.
+
+    ``perm`` orders its dims as lead (never-grown axes), in, out, layer.
+    """
+
+    perm: tuple[int, ...]
+    lead: int
+    in_axis: str | None
+    out_axis: str | None
+    layered: bool
+
+    @classmethod
+    def of(cls, name: str, spec: tuple[str, ...]) -> "Placement":
+        lead, sides = [], {"in": [], "out": []}
+        for dim, token in enumerate(spec):
+            axis, side = parse_axis(token)
+            if axis in GROWABLE:
+                sides[side].append((dim, axis))
+            elif axis != "L":
+                lead.append(dim)
+        if len(sides["in"]) > 1 or len(sides["out"]) > 1:
+            raise GrowError(f"Mango maps at most one .in and one .out axis per tensor; {name} has spec {spec}")
+        dims = lead + [d for d, _ in sides["in"]] + [d for d, _ in sides["out"]] + ([0] if spec[0] == "L" else [])
+        return cls(
+            tuple(dims),
+            len(lead),
+            sides["in"][0][1] if sides["in"] else None,
+            sides["out"][0][1] if sides["out"] else None,
+            spec[0] == "L",
+        )
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.layered and self.lead == 0 and self.in_axis is not None and self.out_axis is not None
+
+    @property
+    def grown(self) -> bool:
+        return self.layered or self.in_axis is not None or self.out_axis is not None
+
+    def layouts(self, layouts: dict[str, AxisLayout]) -> tuple[AxisLayout, AxisLayout]:
+        return layouts.get(self.in_axis, UNIT), layouts.get(self.out_axis, UNIT)
+
+    def pack(self, t: Tensor, layouts: dict[str, AxisLayout]) -> Tensor:
+        """``t`` -> ``[lead..., tile, in, out, layer]`` with size-1 axes where it has none."""
+        lay_in, lay_out = self.layouts(layouts)
+        x, k = t.permute(self.perm), self.lead
+        x = x if self.in_axis else x.unsqueeze(k)
+        x = x if self.out_axis else x.unsqueeze(k + 1)
+        x = x if self.layered else x.unsqueeze(-1)
+        x = lay_out.pack(lay_in.pack(x, k), k + 2)  # [lead, t_in, w_in, t_out, w_out, layer]
+        return x.transpose(k + 1, k + 2).flatten(k, k + 1)
+
+    def unpack(self, y: Tensor, layouts: dict[str, AxisLayout]) -> Tensor:
+        """Inverse of :meth:`pack` at ``layouts`` (padding cropped)."""
+        lay_in, lay_out = self.layouts(layouts)
+        k = self.lead
+        y = y.unflatten(k, (lay_in.tiles, lay_out.tiles)).transpose(k + 1, k + 2)
+        y = lay_in.unpack(lay_out.unpack(y, k + 2), k)
+        y = y if self.layered else y.squeeze(-1)
+        y = y if self.out_axis else y.squeeze(k + 1)
+        y = y if self.in_axis else y.squeeze(k)
+        return y.permute(tuple(torch.argsort(torch.tensor(self.perm)).tolist()))
+
+
+class Packing:
+    """The tile grid of one side (source or target): which block index each matrix tile has."""
+
+    def __init__(self, placements: dict[str, Placement], dims: Dims):
+        self.dims = dims
+        self.layouts = axis_layouts(dims)
+        matrices = [n for n, p in placements.items() if p.is_matrix]
+        rank = {name: i for i, name in enumerate(ORDER)}
+        self.matrices = sorted(matrices, key=lambda n: (n in RESIDUAL_OUTPUTS, rank.get(n, len(ORDER))))
+        self.grid: dict[str, tuple[int, int]] = {}
+        self.offset: dict[str, int] = {}
+        self.sides: dict[str, dict[str, str]] = {}
+        blocks = 0
+        for name in self.matrices:
+            p = placements[name]
+            self.grid[name] = (self.layouts[p.in_axis].tiles, self.layouts[p.out_axis].tiles)
+            self.sides[name] = {"in": p.in_axis, "out": p.out_axis}
+            self.offset[name] = blocks
+            blocks += self.grid[name][0] * self.grid[name][1]
+        self.blocks = blocks
+
+    def tiles(self, name: str) -> slice:
+        return slice(self.offset[name], self.offset[name] + self.grid[name][0] * self.grid[name][1])
+
+
+def _placements(source: Canonical) -> dict[str, Placement]:
+    return {name: Placement.of(name, spec) for name, spec in source.specs.items()}
+
+
+def _home(name: str, p: Placement, src: Packing, tgt: Packing) -> str:
+    """The matrix whose S_B tiles a non-matrix tensor reads (see the module docstring)."""
+    own = name.removesuffix("_bias")
+    if own != name and own in src.matrices and p.in_axis is None and src.sides[own]["out"] == p.out_axis:
+        return own
+    need = {
+        side: axis
+        for side, axis in (("in", p.in_axis), ("out", p.out_axis))
+        if axis is not None and max(src.layouts[axis].tiles, tgt.layouts[axis].tiles) > 1
+    }
+    for matrix in src.matrices:
+        if all(src.sides[matrix][side] == axis for side, axis in need.items()):
+            return matrix
+    raise GrowError(f"Mango: no packed matrix has {name}'s axes {need} to share its tiles with")
+
+
+def parameter_count(source: Canonical, target_dims: Dims, rank: int = 1) -> int:
+    """The Mango operator's parameter count, R^2 (B1 B2 + 2 D1 D2 + L1 L2), without building it."""
+    placements = _placements(source)
+    b1, b2 = Packing(placements, source.dims).blocks, Packing(placements, target_dims).blocks
+    s, t = source.dims, target_dims
+    return rank * rank * (b1 * b2 + 2 * s.hidden * t.hidden + s.layers * t.layers)
+
+
+# --- the start ----------------------------------------------------------------
+@dataclass
+class Start:
+    """The start's Kronecker terms (S_B, S_I, S_O, S_L matrices each) and its unit copy map."""
+
+    terms: list[tuple[Tensor, Tensor, Tensor, Tensor]]
+    copy_map: WidthMap | None
+
+
+def _select_matrix(index: Tensor, n_old: int) -> Tensor:
+    """The 0/1 matrix (n_old x n_new) with a one at (index[j], j)."""
+    return (torch.arange(n_old)[:, None] == index[None, :]).double()
+
+
+def _head_selection(src: Dims, tgt: Dims, strategy: str, gen: torch.Generator) -> WidthMap:
+    for label, d in (("source", src), ("target", tgt)):
+        if d.heads * d.head_dim != d.hidden:
+            raise GrowError(
+                f"Mango's start copies whole heads inside D-wide tiles, which needs heads x head_dim = hidden; "
+                f"the {label} has {d.heads} x {d.head_dim} != {d.hidden}"
+            )
+    if tgt.heads // tgt.kv_heads < src.heads // src.kv_heads:
+        raise GrowError("Mango cannot start from a target with smaller query groups (heads per kv head) than the source")
+    at_src_depth = Dims(tgt.hidden, tgt.ffn, tgt.heads, tgt.kv_heads, tgt.head_dim, src.layers)
+    return WidthMap.build(src, at_src_depth, strategy, gen)
+
+
+def _tile_map(src: Packing, tgt: Packing) -> Tensor:
+    """S_B of a start (B1 x B2): target tile (r, c) copies (r mod rows1, c mod cols1); .in tiles split."""
+    out = torch.zeros(src.blocks, tgt.blocks, dtype=torch.float64)
+    for name in src.matrices:
+        (a1, b1), (a2, b2) = src.grid[name], tgt.grid[name]
+        r2, c2 = torch.arange(a2)[:, None], torch.arange(b2)[None, :]
+        copies = torch.bincount(torch.arange(a2) % a1, minlength=a1).double()
+        rows = src.offset[name] + (r2 % a1) * b1 + c2 % b1
+        cols = tgt.offset[name] + r2 * b2 + c2
+        out[rows.reshape(-1), cols.reshape(-1)] = (1 / copies[r2 % a1]).expand(a2, b2).reshape(-1)
+    return out
+
+
+def _cancelling_noise(index: Tensor, n_old: int, scale: float, gen: torch.Generator) -> Tensor:
+    """n_old x n_new noise whose columns sum to zero over each group of copies of a unit."""
+    noise = torch.randn(n_old, len(index), generator=gen, dtype=torch.float64) * scale
+    sums = torch.zeros(n_old, n_old, dtype=torch.float64).index_add_(1, index, noise)
+    counts = torch.bincount(index, minlength=n_old).double()
+    return noise - sums[:, index] / counts[index]
+
+
+def build_start(src: Packing, tgt: Packing, init: str, noise: float, gen: torch.Generator) -> Start:
+    """The Kronecker terms of the fixed method ``init`` (a width and a depth operator)."""
+    method = METHODS[init]
+    wmap = _head_selection(src.dims, tgt.dims, "tile" if method.width == "tile" else "random", gen)
+    sigma = wmap.axes["Q"].index  # source unit of each target unit inside a D-wide tile
+    d1 = src.dims.hidden
+    counts = torch.bincount(sigma, minlength=d1).double()
+    copy = _select_matrix(sigma, d1)
+    split = copy / counts[:, None]
+    # width terms: (S_I, S_O, source-layer shift)
+    width = [(split, copy, 0)]
+    if method.width == "aki":
+        first = torch.full((d1,), len(sigma)).scatter_reduce(0, sigma, torch.arange(len(sigma)), "amin")
+        new = torch.arange(len(sigma)) != first[sigma]
+        if new.any():
+            width = [(split, copy * ~new, 0), (split, copy * new, 1)]
+    # depth terms: (S_B, which target layers keep their residual outputs)
+    dmap = DEPTH_MAPS[method.depth](src.dims.layers, tgt.dims.layers)
+    tiles = _tile_map(src, tgt)
+    depth = [(tiles, None)]
+    if any(dmap.silenced):
+        residual = torch.zeros(tgt.blocks, dtype=torch.bool)
+        for name in tgt.matrices:
+            residual[tgt.tiles(name)] = name in RESIDUAL_OUTPUTS
+        keep = ~torch.tensor(dmap.silenced)
+        depth = [(tiles * ~residual, None), (tiles * residual, keep)]
+    layers1, source_layer = src.dims.layers, torch.tensor(dmap.source)
+    terms = []
+    for s_b, keep in depth:
+        for s_i, s_o, shift in width:
+            s_l = _select_matrix(torch.clamp(source_layer + shift, max=layers1 - 1), layers1)
+            s_l = s_l if keep is None else s_l * keep
+            if noise:
+                s_i = s_i + _cancelling_noise(sigma, d1, noise / math.sqrt(d1), gen)
+            terms.append((s_b, s_i, s_o, s_l))
+    return Start(terms, _copy_map(wmap, sigma, src, tgt))
+
+
+def _copy_map(wmap: WidthMap, sigma: Tensor, src: Packing, tgt: Packing) -> WidthMap | None:
+    """The start's unit-level copy map, or None where padding makes it no copy map."""
+    (d1, f1), (d2, f2) = (src.dims.hidden, src.dims.ffn), (tgt.dims.hidden, tgt.dims.ffn)
+    n1, n2 = src.layouts["F"].tiles, tgt.layouts["F"].tiles
+    if f1 % d1 or f2 % d2 or n2 < n1:
+        return None
+    f = torch.arange(f2)
+    f_index = sigma[f // n2] * n1 + (f % n2) % n1
+    return WidthMap(
+        {
+            "D": AxisMap.from_index(sigma, d1),
+            "Q": wmap.axes["Q"],
+            "K": wmap.axes["K"],
+            "F": AxisMap.from_index(f_index, f1),
+        }
+    )
+
+
+def ring_cores(start: Start, rank: int, sizes: dict[str, tuple[int, int]], gen: torch.Generator) -> list[Tensor]:
+    """S_B, S_I, S_O, S_L (float64): the start's terms on the ring diagonal, the rest as the module docstring says.
+
+    ``sizes`` holds the (source, target) sizes of the blocks ``"B"``, hidden ``"D"`` and layers ``"L"``.
+    """
+    used, extra = torch.arange(len(start.terms)), torch.arange(len(start.terms), rank)
+    upper = torch.ones(rank, rank, dtype=torch.float64).triu(1)[:, None, None, :]
+
+    def core(k: int, n1: int, n2: int, off_diagonal: bool) -> Tensor:
+        out = torch.zeros(rank, n1, n2, rank, dtype=torch.float64)
+        out[used, :, :, used] = torch.stack([term[k] for term in start.terms]).double()
+        if k == 0:  # S_B: zero off the start's terms, so every other path through the ring is zero
+            return out
+        scale = 1 / math.sqrt(n1)  # a random map of about unit gain
+        out[extra, :, :, extra] = torch.randn(len(extra), n1, n2, generator=gen, dtype=torch.float64) * scale
+        if off_diagonal:
+            out = out + torch.randn(rank, n1, n2, rank, generator=gen, dtype=torch.float64) * scale * upper
+        return out
+
+    (b1, b2), (d1, d2), (l1, l2) = sizes["B"], sizes["D"], sizes["L"]
+    return [core(0, b1, b2, False), core(1, d1, d2, True), core(2, d1, d2, True), core(3, l1, l2, False)]
+
+
+# --- the operator ---------------------------------------------------------------
+class MangoOperator(GrowthOperator):
+    """Target weights = the tensor-ring map of the packed source; only the four cores are fit."""
+
+    def __init__(
+        self,
+        source: Canonical,
+        target_dims: Dims,
+        rank: int = 1,
+        init: str = DEFAULT_INIT,
+        noise: float | None = None,
+        seed: int = 0,
+        max_elements: int = MAX_ELEMENTS,
+    ):
+        super().__init__(source, target_dims)
+        source.dims.check_growth_to(target_dims)
+        _check_init(init, rank)
+        method = METHODS[init]
+        noise = WIDTH_OPS[method.width].get("noise", 0.0) if noise is None else float(noise)
+        self.rank, self.init, self.max_elements = rank, init, max_elements
+        self.placements = _placements(source)
+        self.src, self.tgt = Packing(self.placements, source.dims), Packing(self.placements, target_dims)
+        gen = torch.Generator().manual_seed(seed)
+        start = build_start(self.src, self.tgt, init, noise, gen)
+        if len(start.terms) > rank:
+            raise GrowError(
+                f"Mango init={init!r} is a sum of {len(start.terms)} Kronecker terms at these sizes and needs "
+                f"rank >= {len(start.terms)}; got rank={rank}"
+            )
+        self.copy_map = start.copy_map
+        _warn_inexact(source, self.src, self.tgt, method)
+        sizes = {
+            "B": (self.src.blocks, self.tgt.blocks),
+            "D": (source.dims.hidden, target_dims.hidden),
+            "L": (source.dims.layers, target_dims.layers),
+        }
+        dtype = next(iter(source.tensors.values())).dtype
+        s_b, s_i, s_o, s_l = (core.to(dtype) for core in ring_cores(start, rank, sizes, gen))
+        self.s_b, self.s_i, self.s_o, self.s_l = (nn.Parameter(core) for core in (s_b, s_i, s_o, s_l))
+        tensors = {n: t.detach() for n, t in source.tensors.items()}
+        m1 = [self.placements[n].pack(tensors[n], self.src.layouts) for n in self.src.matrices]
+        self.register_buffer("m1", torch.cat(m1), persistent=False)
+        self._others = [n for n, p in self.placements.items() if p.grown and not p.is_matrix]
+        self._homes = {n: _home(n, self.placements[n], self.src, self.tgt) for n in self._others}
+        for i, name in enumerate(self._others):
+            packed = self.placements[name].pack(tensors[name], self.src.layouts)
+            self.register_buffer(f"packed_{i}", packed, persistent=False)
+
+    def cores(self) -> list[Tensor]:
+        return [self.s_b, self.s_i, self.s_o, self.s_l]
+
+    def forward(self) -> dict[str, Tensor]:
+        m2 = ring_map(self.m1, self.cores(), self.max_elements)
+        out = {name: self.placements[name].unpack(m2[self.tgt.tiles(name)], self.tgt.layouts) for name in self.tgt.matrices}
+        for i, name in enumerate(self._others):
+            p = self.placements[name]
+            y = ring_map(getattr(self, f"packed_{i}"), self._collapsed_cores(name), self.max_elements)
+            out[name] = p.unpack(y, self.tgt.layouts)
+        return {name: out[name] if name in out else self.source_tensor(name) for name in self._source_names}
+
+    def _collapsed_cores(self, name: str) -> list[Tensor]:
+        """The ring for a non-matrix tensor: S_B at its home tiles, absent axes' cores collapsed."""
+        p, home = self.placements[name], self._homes[name]
+        (a1, b1), (a2, b2) = self.src.grid[home], self.tgt.grid[home]
+        block = self.s_b[:, self.src.tiles(home), self.tgt.tiles(home)].unflatten(2, (a2, b2)).unflatten(1, (a1, b1))
+        lay1, lay2 = p.layouts(self.src.layouts), p.layouts(self.tgt.layouts)
+        if p.in_axis:
+            block = block[:, : lay1[0].tiles, :, : lay2[0].tiles]
+        else:
+            block = block[:, :1].sum(3, keepdim=True)
+        if p.out_axis:
+            block = block[:, :, : lay1[1].tiles, :, : lay2[1].tiles]
+        else:
+            block = block[:, :, :, :, :1].sum(2, keepdim=True)
+        s_i = self.s_i if p.in_axis else self.s_i[:, :1].sum(2, keepdim=True)
+        s_o = self.s_o if p.out_axis else self.s_o[:, :, :1].sum(1, keepdim=True)
+        s_l = self.s_l if p.layered else self.s_l[:, :, :1].sum(1, keepdim=True)
+        return [block.flatten(3, 4).flatten(1, 2), s_i, s_o, s_l]
+
+
+def _check_init(init: str, rank: int) -> None:
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise GrowError(f"Mango's rank must be a positive integer, got {rank!r}")
+    if init in UNREACHABLE:
+        raise GrowError(f"Mango cannot start from {init!r}: {UNREACHABLE[init]}")
+    fixed = [name for name, m in METHODS.items() if not m.learned]
+    if init not in fixed:
+        raise GrowError(
+            f"unknown Mango init {init!r}; choose a fixed method: {', '.join(fixed)} "
+            "(stackbert and interpolate need rank >= 1, the others rank >= 2)"
+        )
+
+
+def _warn_inexact(source: Canonical, src: Packing, tgt: Packing, method: Method) -> None:
+    (d1, f1), (d2, f2) = (src.dims.hidden, src.dims.ffn), (tgt.dims.hidden, tgt.dims.ffn)
+    if f1 % d1 or f2 % d2 or tgt.layouts["F"].tiles < src.layouts["F"].tiles:
+        warnings.warn(
+            f"Mango packs the FFN (F={f1} -> {f2}) in {d1} -> {d2}-wide tiles with padding or dropped tiles, "
+            "so its start is only close to the fixed method; F multiple of D avoids this",
+            stacklevel=3,
+        )
+    if method.depth == "identity" and source.family in POST_NORM_FAMILIES and tgt.dims.layers > src.dims.layers:
+        warnings.warn(
+            f"{source.family} is post-norm: inserted layers keep their LayerNorms, so the identity-insertion "
+            "start preserves the function only where those norms are the identity",
+            stacklevel=3,
+        )
+
+
+def build(
+    source: Canonical,
+    target_dims: Dims,
+    *,
+    seed: int = 0,
+    rank: int = 1,
+    init: str = DEFAULT_INIT,
+    noise: float | None = None,
+    **unknown,
+) -> MangoOperator:
+    """A Mango operator of ``rank`` starting at the fixed method ``init``.
+
+    ``noise`` is the start's cancelling symmetry-breaking noise (default: the fixed
+    method's own, 0.01 or 0 for AKI); ``noise=0`` makes the start equal the fixed method.
+    """
+    if unknown:
+        raise GrowError(f"unknown option {sorted(unknown)[0]!r} for mango; it accepts rank=, init= and noise=")
+    return MangoOperator(source, target_dims, rank=rank, init=init, noise=noise, seed=seed)
+
+
+register(
+    Method(
+        "mango",
+        "Mango: learned tensor-ring (multi-linear) growth operator of rank R, fit on the target's loss",
+        build=build,
+        options=("rank", "init", "noise"),
+    )
+)

@@ -1,0 +1,276 @@
+"""Mango: the ring contraction, packing, exact starts, refusals, parameter count and fitting."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import logits, model_inputs, perturb_norms
+from torch.func import functional_call
+
+import growkit
+from growkit.arch import adapter_for
+from growkit.arch.tiny import tiny_model
+from growkit.core.canonical import Dims
+from growkit.core.errors import GrowError
+from growkit.fit import FitConfig, fit
+from growkit.ops import METHODS, grow_fixed
+from growkit.ops.depth import deepen
+from growkit.ops.mango import MangoOperator, Packing, _placements, parameter_count
+from growkit.ops.mango_contract import ring_map
+from growkit.ops.width import _new_output_units, _next_layer, widen_tensor
+
+GROW = {"hidden_size": 64, "num_hidden_layers": 4}
+MIN_RANK = {"stackbert": 1, "interpolate": 1, "net2net": 2, "bert2bert": 2, "exact": 2}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waits on a busy machine (much faster)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _grown(family: str, sizes: dict = GROW, dtype=torch.float64, **overrides):
+    model = tiny_model(family, **overrides).to(dtype)
+    perturb_norms(model)
+    adapter = adapter_for(model)
+    config = adapter.target_config(model.config, sizes)
+    return model, adapter, adapter.to_canonical(model), config
+
+
+def _cores(rank: int, sizes, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(rank, n1, n2, rank, generator=gen, dtype=torch.float64) for n1, n2 in sizes]
+
+
+# --- the contraction ------------------------------------------------------------
+SIZES = [(3, 4), (2, 3), (2, 3), (2, 3)]  # (B1, B2), (D1, D2), (D1, D2), (L1, L2)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_ring_map_equals_the_full_map(rank):
+    cores = _cores(rank, SIZES)
+    m1 = torch.randn(3, 2, 2, 2, dtype=torch.float64)
+    full = torch.einsum("wbBx,xiIy,yoOz,zlLw->biolBIOL", *cores)  # S, built only at tiny sizes
+    expected = torch.einsum("biol,biolBIOL->BIOL", m1, full)
+    assert (ring_map(m1, cores) - expected).abs().max() < 1e-10
+    chunked = ring_map(m1, cores, max_elements=1)
+    assert (chunked - expected).abs().max() < 1e-10
+
+
+def test_rank_one_is_the_kronecker_form():
+    s_b, s_i, s_o, s_l = (c[0, :, :, 0] for c in _cores(1, SIZES))
+    m1 = torch.randn(3, 2, 2, 2, dtype=torch.float64)
+    got = ring_map(m1, [c[None, :, :, None] for c in (s_b, s_i, s_o, s_l)])
+    for b2 in range(4):
+        for l2 in range(3):
+            want = sum(s_b[b1, b2] * s_l[l1, l2] * s_i.T @ m1[b1, :, :, l1] @ s_o for b1 in range(3) for l1 in range(2))
+            assert (got[b2, :, :, l2] - want).abs().max() < 1e-10
+
+
+def test_chunked_checkpointed_gradients_are_right():
+    m1 = torch.randn(3, 2, 2, 2, dtype=torch.float64)
+    cores = [c.requires_grad_() for c in _cores(2, SIZES)]
+    assert torch.autograd.gradcheck(lambda *c: ring_map(m1, list(c), max_elements=8), cores)
+
+
+# --- packing --------------------------------------------------------------------
+@pytest.mark.parametrize("family,overrides,blocks", [
+    ("gpt2", {}, lambda f, d: 4 + 2 * math.ceil(f / d)),
+    ("llama", {"intermediate_size": 72}, lambda f, d: 4 + 3 * math.ceil(f / d)),  # GQA, padded FFN tiles
+])
+def test_pack_unpack_round_trip_is_exact(family, overrides, blocks):
+    _, _, src, _ = _grown(family, **overrides)
+    placements = _placements(src)
+    packing = Packing(placements, src.dims)
+    assert packing.blocks == blocks(src.dims.ffn, src.dims.hidden)
+    for name, t in src.tensors.items():
+        p = placements[name]
+        assert torch.equal(p.unpack(p.pack(t, packing.layouts), packing.layouts), t), name
+    m1 = torch.cat([placements[n].pack(src.tensors[n], packing.layouts) for n in packing.matrices])
+    assert m1.shape == (packing.blocks, src.dims.hidden, src.dims.hidden, src.dims.layers)
+
+
+# --- the start --------------------------------------------------------------------
+def _reference(src, tgt: Dims, op: MangoOperator, init: str):
+    """The fixed method ``init`` applied with Mango's copy map (noise 0)."""
+    method = METHODS[init]
+    if method.width == "tile":
+        return grow_fixed(src, tgt, "tile", method.depth, noise=0.0)
+    wide = {}
+    for name, t in src.tensors.items():
+        grown = widen_tensor(t, src.specs[name], op.copy_map)
+        if method.width == "aki" and src.specs[name][0] == "L":
+            grown = torch.where(_new_output_units(grown, src.specs[name], op.copy_map), _next_layer(grown), grown)
+        wide[name] = grown
+    at_src_depth = Dims(tgt.hidden, tgt.ffn, tgt.heads, tgt.kv_heads, tgt.head_dim, src.dims.layers)
+    return deepen(src.with_tensors(wide, at_src_depth), tgt.layers, method.depth)
+
+
+@pytest.mark.filterwarnings("ignore:bert is post-norm")
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "vit"])
+@pytest.mark.parametrize("init", list(MIN_RANK))
+def test_start_equals_the_fixed_operator(family, init):
+    _, adapter, src, config = _grown(family)
+    tgt = adapter.dims(config)
+    reference = _reference(src, tgt, MangoOperator(src, tgt, rank=MIN_RANK[init], init=init, noise=0.0, seed=1), init)
+    for rank in (MIN_RANK[init], 3):
+        out = MangoOperator(src, tgt, rank=rank, init=init, noise=0.0, seed=1).materialize()
+        for name, t in out.tensors.items():
+            assert (t - reference.tensors[name]).abs().max() < 1e-12, (name, rank)
+    if init == "exact":  # bit for bit, in every role
+        out = MangoOperator(src, tgt, rank=2, init=init, noise=0.0).materialize()
+        assert all(torch.equal(t, reference.tensors[n]) for n, t in out.tensors.items())
+
+
+def test_noise_breaks_symmetry_but_keeps_the_function():
+    model, adapter, src, config = _grown("gpt2", {"hidden_size": 64})
+    tgt = adapter.dims(config)
+    quiet = MangoOperator(src, tgt, init="exact", noise=0.0).materialize()
+    noisy = MangoOperator(src, tgt, init="exact", noise=0.01).materialize()
+    assert (noisy.tensors["layer.mlp_out"] - quiet.tensors["layer.mlp_out"]).abs().max() > 1e-5
+    big = adapter.from_canonical(noisy, config, type(model))
+    inputs = model_inputs(model)
+    assert (logits(big, inputs) - logits(model, inputs)).abs().max() < 1e-5  # big is built in fp32
+
+
+@pytest.mark.parametrize("init,rank,message", [
+    ("net2net", 1, "needs rank >= 2"),
+    ("bert2bert", 1, "needs rank >= 2"),
+    ("exact", 1, "needs rank >= 2"),
+    ("ligo", 4, "cannot start from 'ligo'"),
+    ("tile", 1, "unknown Mango init"),
+    ("stackbert", 0, "positive integer"),
+])
+def test_unreachable_starts_are_refused(init, rank, message):
+    _, adapter, src, config = _grown("gpt2")
+    with pytest.raises(GrowError, match=message):
+        MangoOperator(src, adapter.dims(config), rank=rank, init=init)
+
+
+def test_exact_needs_an_integer_width_factor():
+    _, adapter, src, config = _grown("gpt2", {"hidden_size": 48})
+    with pytest.raises(GrowError, match="multiple"):
+        MangoOperator(src, adapter.dims(config), rank=2, init="exact")
+
+
+def test_unknown_option_is_refused():
+    model = tiny_model("gpt2")
+    with pytest.raises(GrowError, match="unknown option 'ranks'"):
+        growkit.grow(model, GROW, method="mango", data=[{}], ranks=2)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("rank", [1, 3])
+def test_parameter_count_is_the_formula(family, rank):
+    _, adapter, src, config = _grown(family)
+    tgt = adapter.dims(config)
+    op = MangoOperator(src, tgt, rank=rank)
+    d, mlp = src.dims, {"gpt2": 2, "llama": 3}[family]  # GELU: in, out; SwiGLU: gate, up, down
+    b1, b2 = 4 + mlp * math.ceil(d.ffn / d.hidden), 4 + mlp * math.ceil(tgt.ffn / tgt.hidden)
+    formula = rank**2 * (b1 * b2 + 2 * d.hidden * tgt.hidden + d.layers * tgt.layers)
+    assert sum(p.numel() for p in op.parameters()) == parameter_count(src, tgt, rank) == formula
+
+
+# --- fitting --------------------------------------------------------------------
+class Task:
+    """An endless iterable of fresh batches (so ``fit`` never repeats one) and a fixed held-out set."""
+
+    def __init__(self, family: str):
+        self.family = family
+        self.successors = torch.randint(5, 64, (64, 2), generator=torch.Generator().manual_seed(1234))
+        if family == "vit":
+            from sklearn.datasets import load_digits
+
+            digits = load_digits()  # 8x8: the tiny ViT's image size, patch 4, 1 channel
+            self.images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
+            self.labels = torch.tensor(digits.target)
+
+    def batch(self, gen: torch.Generator, held_out: bool = False, size: int = 16) -> dict:
+        if self.family == "vit":
+            split = 1500
+            rows = torch.randint(0, split, (size,), generator=gen) + (split if held_out else 0)
+            rows = rows.clamp(max=len(self.labels) - 1)
+            return {"pixel_values": self.images[rows], "labels": self.labels[rows]}
+        ids = torch.empty(size, 16, dtype=torch.long)  # a fixed sparse random Markov chain over 64 tokens
+        ids[:, 0] = torch.randint(5, 64, (size,), generator=gen)
+        for t in range(1, 16):
+            ids[:, t] = self.successors[ids[:, t - 1], torch.randint(0, 2, (size,), generator=gen)]
+        if self.family != "bert":
+            return {"input_ids": ids, "labels": ids}
+        chosen = torch.rand(ids.shape, generator=gen) < 0.15  # MLM: predict 15% of tokens, masked with id 4
+        return {"input_ids": torch.where(chosen, 4, ids), "labels": torch.where(chosen, ids, -100)}
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(0)
+        while True:
+            yield self.batch(gen)
+
+    def held_out(self, n: int = 4) -> list[dict]:
+        gen = torch.Generator().manual_seed(10_000)
+        return [self.batch(gen, held_out=True) for _ in range(n)]
+
+
+def _loss(model, batches) -> float:
+    model.eval()
+    with torch.no_grad():
+        return sum(model(**b).loss.item() for b in batches) / len(batches)
+
+
+def _pretrained(family: str, task: Task, steps: int = 150):
+    model = tiny_model(family)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for batch, _ in zip(task, range(steps)):
+        opt.zero_grad()
+        model(**batch).loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("family,rank", [("gpt2", 1), ("bert", 1), ("vit", 1), ("llama", 2)])
+def test_fit_lowers_held_out_loss_and_trains_only_the_cores(family, rank, tmp_path):
+    task = Task(family)
+    source, held_out = _pretrained(family, task), task.held_out(16)
+    before = {k: v.clone() for k, v in source.state_dict().items()}
+    grown, result = growkit.grow(
+        source, GROW, method="mango", rank=rank, data=task, steps=30,
+        fit_config=FitConfig(steps=30, lr=1e-3, warmup=3, progress=False), return_fit=True,
+    )
+    op = result.operator
+    assert all(torch.equal(v, before[k]) for k, v in source.state_dict().items())
+    assert [n for n, _ in op.named_parameters()] == ["s_b", "s_i", "s_o", "s_l"]
+    start = adapter_for(source).from_canonical(
+        MangoOperator(adapter_for(source).to_canonical(source), op.target_dims, rank=rank).materialize(),
+        grown.config, type(grown),
+    )
+    assert _loss(grown, held_out) < _loss(start, held_out)
+    # the saved model computes what the operator computed at the end of the fit
+    grown.save_pretrained(tmp_path)
+    loaded = type(grown).from_pretrained(tmp_path).eval()
+    adapter = adapter_for(grown)
+    with torch.no_grad():
+        params = adapter.hf_state_dict(op(), grown, op.source_meta.tied)
+        inputs = model_inputs(grown)
+        expected = functional_call(grown, params, args=(), kwargs=inputs, strict=False).logits
+    assert (logits(loaded, inputs) - expected).abs().max() < 1e-6
+    assert (tmp_path / "model.safetensors").exists()
+    if family == "gpt2":
+        assert loaded.config.tie_word_embeddings
+        assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+
+
+def test_every_core_gets_gradients_at_a_rank_above_the_start():
+    model, adapter, src, config = _grown("gpt2", dtype=torch.float32)
+    op = MangoOperator(src, adapter.dims(config), rank=2, init="stackbert")
+    template = adapter.from_canonical(op.materialize(), config, type(model))
+    batch = Task("gpt2").held_out(1)[0]
+    fit(op, template, adapter, [batch], FitConfig(steps=2, progress=False))  # step 1 wakes the zero S_B slices
+    op.zero_grad()
+    params = adapter.hf_state_dict(op(), template, op.source_meta.tied)
+    functional_call(template, params, args=(), kwargs=batch, strict=False).loss.backward()
+    for name, core in op.named_parameters():
+        assert (core.grad[1, :, :, 1] != 0).any(), name  # the extra ring slice learns
