@@ -9,6 +9,7 @@ and the clock it reports counts training only, not evaluation or checkpoints.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -90,13 +91,17 @@ def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (weights, embeddings), not vectors (biases, norm scales)."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW decaying matrices (weights, embeddings) but not vectors (biases, norm scales).
+
+    The fused kernel is several times faster than the per-tensor loop on CPU too.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
 
 def evaluate(model: torch.nn.Module, batches: list[dict], device: torch.device) -> float:
@@ -141,7 +146,7 @@ def train(
     out_dir = _prepare_out(out_dir)
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision="no")
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     config, device = accelerator.unwrap_model(model).config, accelerator.device
@@ -164,6 +169,9 @@ def train(
                 "flops": result.flops, "seconds": result.seconds})
     model.train()
     stream = data.train_batches(cfg.seed)
+    first = next(stream)  # every train batch has this shape, so one count serves all steps
+    step_flops, step_tokens = flops_per_batch(config, first), batch_tokens(config, first)
+    stream = itertools.chain([first], stream)
     bar = tqdm(total=cfg.steps, desc="train", disable=not (sys.stderr.isatty() if cfg.progress is None else cfg.progress))
     loss_sum, count, tokens = torch.zeros((), device=device), 0, 0
     start = time.perf_counter()
@@ -178,8 +186,8 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach()
         count += 1
-        tokens += batch_tokens(config, batch)
-        result.flops += flops_per_batch(config, batch)
+        tokens += step_tokens
+        result.flops += step_flops
         bar.update()
         last = step == cfg.steps
         evaluating = last or (cfg.eval_every and step % cfg.eval_every == 0)
