@@ -1,0 +1,17 @@
+"""The savings benchmark: grow a pretrained small model with every method, train every target the
+same way, and measure the compute each needs to reach scratch's final loss.
+
+- :mod:`.presets`: sizes, data shapes and budgets per family and scale (smoke, tiny, small)
+- :mod:`.runner`: pretrain/reuse the source, grow, fit, train; resumable run folders
+- :mod:`.savings`: reaching a loss on a curve, savings, the convergence check
+- :mod:`.report`: results.json, report.md and the table
+- :mod:`.plots`: loss vs FLOPs and loss vs seconds
+"""
+from .presets import FAMILIES, PRESETS, Budget, Preset, Size, get_preset
+from .runner import DEFAULT_METHODS, BenchResult, BenchSpec, run_bench
+from .savings import Curve, compare, convergence, first_reach, savings
+
+__all__ = [
+    "BenchResult", "BenchSpec", "Budget", "Curve", "DEFAULT_METHODS", "FAMILIES", "PRESETS", "Preset", "Size",
+    "compare", "convergence", "first_reach", "get_preset", "run_bench", "savings",
+]

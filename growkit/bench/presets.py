@@ -1,0 +1,158 @@
+"""Benchmark presets: model sizes, data shape and training budgets per family and scale.
+
+A preset fixes everything a comparison holds equal: the source and target
+sizes, the data (sequence length, batch, vocabulary or image size), the source's
+pretraining budget, the one :class:`~growkit.train.TrainConfig` every target
+trains with, and the learned operators' fit budget. Sizes and budgets were
+chosen by measuring on a 2-core CPU (see BENCHMARKS.md):
+
+- ``smoke``: seconds per run; exercises the whole pipeline (tests use it).
+- ``tiny``: 2-core CPU, <= ~30 minutes per family for the full method list and
+  one seed; budgets sized so scratch is near-converged (its eval loss improves
+  by < ~2% over the last fifth).
+- ``small``: for a GPU (``device="auto"``): 6L/256 -> 12L/512 class models.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from transformers import PretrainedConfig
+
+from ..arch import adapter_for
+from ..arch.tiny import tiny_config
+from ..core.errors import GrowError
+from ..train import TrainConfig
+
+FAMILIES = ("gpt2", "bert", "vit", "llama")
+PRESETS = ("smoke", "tiny", "small")
+
+
+@dataclass(frozen=True)
+class Size:
+    """A model size: layers, hidden width and heads (head_dim = hidden / heads; FFN = 4 x hidden)."""
+
+    layers: int
+    hidden: int
+    heads: int
+
+    def __str__(self) -> str:
+        return f"{self.layers}L/{self.hidden}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The TrainConfig fields a preset sets; the rest keep TrainConfig's defaults."""
+
+    steps: int
+    lr: float
+    warmup: int
+    eval_every: int
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+
+    def config(self, seed: int, device: str = "cpu", progress: bool | None = None) -> TrainConfig:
+        return TrainConfig(steps=self.steps, lr=self.lr, warmup=self.warmup, eval_every=self.eval_every,
+                           schedule=self.schedule, min_lr_ratio=self.min_lr_ratio, seed=seed, device=device,
+                           progress=progress)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything one benchmark holds fixed for one family at one scale."""
+
+    name: str
+    family: str
+    source: Size
+    target: Size
+    source_budget: Budget  #: the small model's pretraining
+    budget: Budget  #: every target's training (scratch and grown alike)
+    fit_steps: int = 100  #: learned operators' fit steps
+    fit_lr: float = 1e-3  #: learned operators' own learning rate
+    seq_len: int = 64
+    batch_size: int = 16
+    vocab_size: int = 2048  #: BPE vocabulary trained on the text (text families)
+    text_chars: int | None = None  #: use only the corpus's first N characters (None: all)
+    image_size: int = 16  #: ViT
+    patch_size: int = 4  #: ViT
+    eval_batches: int = 8
+    device: str = "cpu"
+    method_options: dict = field(default_factory=dict)  #: per-method grow() options, e.g. {"mango": {"rank": 1}}
+
+    def replace(self, **changes) -> "Preset":
+        """A copy with some fields changed; ``budget_*``/``source_*`` keys change a budget's fields."""
+        budget = {k.removeprefix("budget_"): v for k, v in changes.items() if k.startswith("budget_")}
+        source = {k.removeprefix("source_budget_"): v for k, v in changes.items() if k.startswith("source_budget_")}
+        rest = {k: v for k, v in changes.items() if not k.startswith(("budget_", "source_budget_"))}
+        if budget:
+            rest["budget"] = dataclasses.replace(self.budget, **budget)
+        if source:
+            rest["source_budget"] = dataclasses.replace(self.source_budget, **source)
+        return dataclasses.replace(self, **rest)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # --- configs ------------------------------------------------------------
+    def source_config(self, vocab_size: int | None = None, num_labels: int | None = None) -> PretrainedConfig:
+        """The small model's config (vocabulary from the tokenizer, labels from the image data)."""
+        s, f = self.source, self.family
+        if s.hidden % s.heads:
+            raise GrowError(f"preset {self.name}: {s.heads} heads do not divide hidden {s.hidden}")
+        common = dict(num_hidden_layers=s.layers, hidden_size=s.hidden, num_attention_heads=s.heads,
+                      intermediate_size=4 * s.hidden)
+        if f == "gpt2":
+            kw = dict(n_layer=s.layers, n_embd=s.hidden, n_head=s.heads, n_positions=self.seq_len,
+                      vocab_size=vocab_size or self.vocab_size)
+        elif f == "bert":
+            kw = dict(common, max_position_embeddings=self.seq_len, vocab_size=vocab_size or self.vocab_size)
+        elif f == "llama":
+            kw = dict(common, num_key_value_heads=s.heads, head_dim=s.hidden // s.heads,
+                      max_position_embeddings=self.seq_len, vocab_size=vocab_size or self.vocab_size)
+        else:
+            kw = dict(common, image_size=self.image_size, patch_size=self.patch_size, num_channels=1,
+                      num_labels=num_labels or 10)
+        return tiny_config(f, **kw)
+
+    def target_config(self, source_config: PretrainedConfig) -> PretrainedConfig:
+        """The target's config: the source's at the target's layers and width (head_dim kept)."""
+        t = self.target
+        config = adapter_for(source_config).target_config(
+            source_config, {"num_hidden_layers": t.layers, "hidden_size": t.hidden, "num_attention_heads": t.heads}
+        )
+        return config
+
+
+def _presets(family: str) -> dict[str, Preset]:
+    smoke = Preset(
+        "smoke", family, Size(1, 32, 2), Size(2, 64, 4),
+        source_budget=Budget(steps=20, lr=3e-3, warmup=4, eval_every=10),
+        budget=Budget(steps=20, lr=3e-3, warmup=4, eval_every=5),
+        fit_steps=3, fit_lr=1e-3, seq_len=32, batch_size=8, vocab_size=300, text_chars=100_000,
+        image_size=8, patch_size=4, eval_batches=2,
+    )
+    tiny = Preset(
+        "tiny", family, Size(2, 64, 4), Size(4, 128, 8),
+        source_budget=Budget(steps=600, lr=3e-3, warmup=30, eval_every=100),
+        budget=Budget(steps=600, lr=2e-3, warmup=30, eval_every=25),
+        fit_steps=100, fit_lr=1e-3, seq_len=64, batch_size=16, vocab_size=2048,
+    )
+    small = Preset(
+        "small", family, Size(6, 256, 4), Size(12, 512, 8),
+        source_budget=Budget(steps=4000, lr=1e-3, warmup=200, eval_every=250),
+        budget=Budget(steps=6000, lr=6e-4, warmup=200, eval_every=100),
+        fit_steps=100, fit_lr=1e-3, seq_len=128, batch_size=32, vocab_size=8192, device="auto",
+    )
+    if family == "vit":  # digits: 1,617 training images; patches of 4 on 16x16 -> 17 positions
+        tiny = tiny.replace(batch_size=32, image_size=16, patch_size=4)
+        small = small.replace(batch_size=64, image_size=32, patch_size=4)
+    return {"smoke": smoke, "tiny": tiny, "small": small}
+
+
+def get_preset(family: str, name: str) -> Preset:
+    """The preset ``name`` (smoke, tiny, small) for ``family`` (gpt2, bert, vit, llama)."""
+    if family not in FAMILIES:
+        raise GrowError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    if name not in PRESETS:
+        raise GrowError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return _presets(family)[name]

@@ -1,0 +1,304 @@
+"""Run a savings benchmark: pretrain (or reuse) the source, grow it with every method, train every target.
+
+Layout of the output folder::
+
+    OUT/bench.json                          the settings; a rerun must match them
+    OUT/tokenizer/                          the BPE every run shares (text families)
+    OUT/source-<family>-<preset>-seed<k>/   the small model: train/ (metrics, final model), source.json, DONE
+    OUT/seed<k>/<method>/                   one target run: train/metrics.jsonl, run.json, DONE
+
+A run with a ``DONE`` marker is loaded, not retrained; a folder without one is
+an interrupted run and is started again from scratch. Within a seed every
+target (scratch and grown alike) trains with the same TrainConfig and the same
+data order (``train_batches(seed)``), is evaluated on the same batches, and
+only its initial weights differ. Learned operators fit on the same TaskData;
+their FLOPs are measured (one fit step under ``count_flops`` times the steps
+taken, plus the final materialisation) and their wall time is the whole
+``grow`` call; both are passed to the training loop as offsets, so the curves
+start at the operator's cost.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..api import grow
+from ..arch import adapter_for
+from ..core.errors import GrowError
+from ..data import TaskData, build_task_data, embedded_text, load_tokenizer, read_text, train_bpe
+from ..fit import FitConfig, target_loss
+from ..flops import count_flops, flops_per_batch, measure_flops, params_count
+from ..io import load_pretrained, model_class
+from ..ops import get_method, methods as registered_methods
+from ..train import train
+from .presets import Preset
+
+#: every method the benchmark knows, in report order; "scratch" is the baseline
+DEFAULT_METHODS = ("scratch", "stackbert", "interpolate", "net2net", "bert2bert", "exact", "ligo", "mango")
+DONE = "DONE"
+SOURCE_DATA_SEED = 10_000  #: the source trains on train_batches(SOURCE_DATA_SEED + seed), not the targets' order
+
+
+@dataclass
+class BenchSpec:
+    """What to run: a preset, the methods, the seeds and the data."""
+
+    preset: Preset
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    data: str | None = None  #: text file/folder, image folder or "digits"; None: the embedded default
+    progress: bool | None = False  #: tqdm bars for training and fitting
+    keep_models: bool = False  #: keep every trained target's final model (else only the curves)
+    threads: int | None = None  #: torch CPU threads for the benchmark (None: torch's default)
+
+    def settings(self) -> dict:
+        """What every run's result depends on (the methods and seeds are not part of it)."""
+        return {"preset": self.preset.to_dict(), "data": self.data or "default"}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class BenchResult:
+    spec: BenchSpec
+    out: Path
+    runs: dict[int, dict[str, dict]]  #: seed -> method -> run record (run.json)
+    sources: dict[int, dict]  #: seed -> source record (source.json)
+    skipped: dict[str, str]  #: method -> why it did not run
+    info: dict  #: data and model facts for the report
+    trained: list[tuple[int, str]]  #: (seed, method) runs trained in this call (the rest were loaded)
+
+
+def resolve_methods(names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The methods that can run (scratch first) and a note for each one that cannot."""
+    available = registered_methods()
+    runnable, skipped = [], {}
+    for name in dict.fromkeys(names):
+        if name == "scratch" or name in available:
+            runnable.append(name)
+        elif name in DEFAULT_METHODS:
+            skipped[name] = f"{name} is not registered in this installation (growkit.methods() lacks it); skipped"
+        else:
+            raise GrowError(f"unknown method {name!r}; choose scratch or one of {', '.join(available)}")
+    if "scratch" not in runnable:
+        runnable.insert(0, "scratch")  # savings are measured against it
+    else:
+        runnable.insert(0, runnable.pop(runnable.index("scratch")))
+    return runnable, skipped
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def _check_settings(spec: BenchSpec, out: Path) -> None:
+    path = out / "bench.json"
+    settings = {"fingerprint": spec.fingerprint(), **spec.settings()}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("fingerprint") != settings["fingerprint"]:
+            raise GrowError(
+                f"{out} holds a benchmark with other settings (preset, data or overrides differ from "
+                f"{path}); choose another --out, or delete it to start over"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(path, settings)
+
+
+def load_data(spec: BenchSpec, out: Path) -> TaskData:
+    """The benchmark's TaskData; the tokenizer is trained once and kept in OUT/tokenizer."""
+    p = spec.preset
+    if p.family == "vit":
+        path = None if spec.data in (None, "digits") else spec.data
+        return build_task_data("vit", path=path, image_size=p.image_size, batch_size=p.batch_size,
+                               eval_batches=p.eval_batches, seed=0)
+    if spec.data == "digits":
+        raise GrowError("'digits' is image data, for --family vit; text families take a text file or folder")
+    text = read_text(spec.data) if spec.data else embedded_text(p.text_chars)
+    tok_dir = out / "tokenizer"
+    if (tok_dir / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(tok_dir)
+    else:
+        tokenizer = train_bpe(text, p.vocab_size)
+        tokenizer.save_pretrained(str(tok_dir))
+    return build_task_data(p.family, text=text, tokenizer=tokenizer, seq_len=p.seq_len, batch_size=p.batch_size,
+                           eval_batches=p.eval_batches, seed=0)
+
+
+def _source_config(spec: BenchSpec, data: TaskData):
+    if spec.preset.family == "vit":
+        return spec.preset.source_config(num_labels=len(data.info["classes"]))
+    return spec.preset.source_config(vocab_size=len(data.tokenizer))
+
+
+class Runner:
+    """Runs one :class:`BenchSpec` into ``out``; ``log`` gets one line per event."""
+
+    def __init__(self, spec: BenchSpec, out: Path, log: Callable[[str], None] = print):
+        self.spec, self.out, self.log = spec, Path(out), log
+        self.preset = spec.preset
+        self.fingerprint = spec.fingerprint()
+        self.trained: list[tuple[int, str]] = []
+
+    # --- the small model -------------------------------------------------------
+    def source_dir(self, seed: int) -> Path:
+        p = self.preset
+        return self.out / f"source-{p.family}-{p.name}-seed{seed}"
+
+    def source(self, seed: int, data: TaskData) -> tuple[torch.nn.Module, dict]:
+        """The pretrained small model of ``seed`` (trained now, or loaded from its cache) and its record."""
+        folder = self.source_dir(seed)
+        if (folder / DONE).is_file():
+            record = json.loads((folder / "source.json").read_text())
+            if record.get("fingerprint") != self.fingerprint:
+                raise GrowError(f"{folder} was trained with other settings; delete it or choose another --out")
+            self.log(f"[seed {seed}] source: reusing {folder} (eval loss {record['eval_loss']:.4f})")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            config = _source_config(self.spec, data)
+            torch.manual_seed(seed)
+            model = model_class(config)(config)
+            budget = self.preset.source_budget
+            self.log(f"[seed {seed}] source {self.preset.source}: pretraining {budget.steps} steps")
+            cfg = budget.config(SOURCE_DATA_SEED + seed, self.preset.device, self.spec.progress)
+            result = train(model, data, cfg, folder / "train")
+            if result.diverged_at is not None:
+                raise GrowError(f"the source's pretraining diverged at step {result.diverged_at}; lower the preset's lr")
+            record = {"seed": seed, "fingerprint": self.fingerprint, "size": str(self.preset.source),
+                      "params": params_count(config), "eval_loss": result.eval_loss, "flops": result.flops,
+                      "seconds": result.seconds, "steps": budget.steps, "history": result.history}
+            _write_json(folder / "source.json", record)
+            (folder / DONE).write_text("done\n")
+            self.log(f"[seed {seed}] source: eval loss {result.eval_loss:.4f}, {result.flops:.3g} FLOPs, "
+                     f"{result.seconds:.0f} s")
+        return load_pretrained(folder / "train" / "final"), record
+
+    # --- one target run --------------------------------------------------------
+    def run_dir(self, seed: int, method: str) -> Path:
+        return self.out / f"seed{seed}" / method
+
+    def _fit_flops(self, source, target_config, method: str, data: TaskData, seed: int, options: dict) -> tuple[float, float]:
+        """Measured FLOPs of one fit step (materialise, target forward, backward) and of one materialisation."""
+        adapter = adapter_for(source)
+        operator = get_method(method).build(adapter.to_canonical(source), adapter.dims(target_config), seed=seed, **options)
+        template = adapter.from_canonical(operator.materialize(), target_config, type(source))
+        template.train()
+        batch = next(data.train_batches(seed))
+
+        def step() -> None:
+            target_loss(operator, template, adapter, batch).backward()
+
+        per_step = count_flops(step)
+        with torch.no_grad():
+            materialise = count_flops(operator)
+        return per_step, materialise
+
+    def target(self, seed: int, method: str, source, data: TaskData) -> dict:
+        """Grow (or initialise) and train one target; reuse a finished run."""
+        folder = self.run_dir(seed, method)
+        if (folder / DONE).is_file():
+            record = json.loads((folder / "run.json").read_text())
+            if record.get("fingerprint") != self.fingerprint:
+                raise GrowError(f"{folder} was run with other settings; delete it or choose another --out")
+            self.log(f"[seed {seed}] {method}: done before (eval loss {record['eval_loss']:.4f}); reusing")
+            return record
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        p = self.preset
+        target_config = p.target_config(source.config)
+        options = dict(p.method_options.get(method, {}))
+        fit = None
+        if method == "scratch":
+            torch.manual_seed(seed)
+            model = model_class(target_config)(target_config)
+            grow_seconds, fit_flops = 0.0, 0.0
+        elif get_method(method).learned:
+            per_step, materialise = self._fit_flops(source, target_config, method, data, seed, options)
+            fit_config = FitConfig(steps=p.fit_steps, lr=p.fit_lr, progress=bool(self.spec.progress))
+            self.log(f"[seed {seed}] {method}: fitting the operator for {p.fit_steps} steps")
+            start = time.perf_counter()
+            model, result = grow(source, target_config, method, seed=seed, data=data, fit_config=fit_config,
+                                 return_fit=True, **options)
+            grow_seconds = time.perf_counter() - start
+            steps = len(result.losses)
+            fit_flops = per_step * steps + materialise
+            fit = {"steps": steps, "lr": p.fit_lr, "flops": fit_flops, "flops_per_step": per_step,
+                   "seconds": grow_seconds, "fit_loop_seconds": result.seconds, "losses": result.losses,
+                   "diverged_at": result.diverged_at, "options": options}
+            self.log(f"[seed {seed}] {method}: fit loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f} "
+                     f"in {grow_seconds:.1f} s, {fit_flops:.3g} FLOPs" if result.losses else f"[seed {seed}] {method}: fit 0 steps")
+        else:
+            start = time.perf_counter()
+            model = grow(source, target_config, method, seed=seed, **options)
+            grow_seconds, fit_flops = time.perf_counter() - start, 0.0
+        measured = None
+        if method == "scratch":  # cross-check the analytic FLOPs of a training step against PyTorch's counter
+            batch = next(data.train_batches(seed))
+            model.train()
+            measured = {"analytic": flops_per_batch(target_config, batch), "measured": measure_flops(model, batch)}
+        cfg = p.budget.config(seed, p.device, self.spec.progress)
+        self.log(f"[seed {seed}] {method}: training {cfg.steps} steps")
+        result = train(model, data, cfg, folder / "train", flops_offset=fit_flops, seconds_offset=grow_seconds)
+        if not self.spec.keep_models and result.final_dir is not None:
+            shutil.rmtree(result.final_dir, ignore_errors=True)
+        record = {"method": method, "seed": seed, "fingerprint": self.fingerprint, "eval_loss": result.eval_loss,
+                  "flops": result.flops, "seconds": result.seconds, "diverged_at": result.diverged_at,
+                  "grow_seconds": grow_seconds, "fit_flops": fit_flops, "fit": fit, "options": options,
+                  "params": params_count(target_config), "train_flops_check": measured, "history": result.history}
+        _write_json(folder / "run.json", record)
+        (folder / DONE).write_text("done\n")
+        self.trained.append((seed, method))
+        self.log(f"[seed {seed}] {method}: eval loss {result.eval_loss:.4f} after {cfg.steps} steps, "
+                 f"{result.seconds:.0f} s" + (f" (diverged at step {result.diverged_at})" if result.diverged_at else ""))
+        return record
+
+    # --- everything ----------------------------------------------------------------
+    def run(self) -> BenchResult:
+        threads = torch.get_num_threads()
+        if self.spec.threads:
+            torch.set_num_threads(self.spec.threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> BenchResult:
+        spec, p = self.spec, self.preset
+        methods, skipped = resolve_methods(spec.methods)
+        for note in skipped.values():
+            self.log(f"note: {note}")
+        _check_settings(spec, self.out)
+        data = load_data(spec, self.out)
+        runs: dict[int, dict[str, dict]] = {}
+        sources: dict[int, dict] = {}
+        config = None
+        for seed in spec.seeds:
+            source, sources[seed] = self.source(seed, data)
+            config = source.config
+            runs[seed] = {m: self.target(seed, m, source, data) for m in methods}
+        target_config = p.target_config(config)
+        info = {
+            "family": p.family, "preset": p.name, "methods": methods, "seeds": list(spec.seeds),
+            "source": str(p.source), "target": str(p.target),
+            "source_params": params_count(config), "target_params": params_count(target_config),
+            "data": spec.data or ("digits" if p.family == "vit" else "embedded corpus"), "data_info": data.info,
+            "vocab_size": None if data.tokenizer is None else len(data.tokenizer),
+        }
+        return BenchResult(spec, self.out, runs, sources, skipped, info, list(self.trained))
+
+
+def run_bench(spec: BenchSpec, out: str | Path, log: Callable[[str], None] = print) -> BenchResult:
+    """Run (or resume) ``spec`` into ``out`` and return every run's record; see :mod:`growkit.bench.report`."""
+    return Runner(spec, Path(out), log).run()

@@ -1,0 +1,225 @@
+"""The savings benchmark: savings arithmetic on synthetic curves, and the smoke preset end to end."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from growkit.bench import BenchSpec, Curve, compare, convergence, first_reach, get_preset, run_bench, savings
+from growkit.bench.plots import seed_band
+from growkit.bench.report import PLOTS, summarise, text_table, write_report
+from growkit.core.errors import GrowError
+
+
+def curve(xs, losses, fit_flops=0.0, fit_seconds=0.0) -> Curve:
+    """A curve as the training loop records it: x starts at the operator's fit cost."""
+    return Curve(list(range(len(xs))), [fit_flops + x for x in xs], [fit_seconds + x / 10 for x in xs], list(losses))
+
+
+# --- savings arithmetic ---------------------------------------------------------------
+def test_first_reach_interpolates_linearly():
+    xs, losses = [0, 10, 20, 30], [5.0, 3.0, 2.0, 1.5]
+    assert first_reach(xs, losses, 1.5) == 30.0
+    assert first_reach(xs, losses, 2.5) == pytest.approx(15.0)  # halfway between 3.0 (x=10) and 2.0 (x=20)
+    assert first_reach(xs, losses, 2.2) == pytest.approx(18.0)
+    assert first_reach(xs, losses, 6.0) == 0.0  # already below at the first evaluation
+    assert first_reach(xs, losses, 1.0) is None
+    assert first_reach([0, 10, 20], [5.0, math.nan, 1.0], 2.0) is None  # a diverged run ends its curve
+
+
+def test_first_reach_takes_the_first_crossing():
+    assert first_reach([0, 10, 20, 30], [4.0, 2.0, 3.0, 1.0], 2.5) == pytest.approx(7.5)
+
+
+def test_savings_include_the_fit_cost():
+    scratch = curve([0, 10, 20, 30], [5.0, 3.0, 2.0, 1.5])
+    grown = curve([0, 10, 20, 30], [4.0, 2.0, 1.4, 1.2], fit_flops=4.0, fit_seconds=0.4)
+    c = compare("grown", grown, scratch)
+    # target 1.5: scratch pays 30; grown crosses 2.0 -> 1.4 at 5/6 of the way from x=14 to x=24
+    assert c.reach.target == 1.5
+    assert c.reach.flops == pytest.approx(14 + 10 * 5 / 6)
+    assert c.flop_savings == pytest.approx(1 - (14 + 10 * 5 / 6) / 30)
+    assert c.reach.seconds == pytest.approx(1.4 + 5 / 6)
+    assert c.wall_savings == pytest.approx(1 - (1.4 + 5 / 6) / 3.0)
+    assert c.reach.step == pytest.approx(1 + 5 / 6)  # steps count training only, not the fit
+    assert c.final_loss == 1.2
+    # without the fit cost the same curve would save more
+    free = compare("free", curve([0, 10, 20, 30], [4.0, 2.0, 1.4, 1.2]), scratch)
+    assert free.flop_savings - c.flop_savings == pytest.approx(4 / 30)
+
+
+def test_a_fit_that_costs_more_than_it_saves_gives_negative_savings():
+    scratch = curve([0, 10, 20], [5.0, 3.0, 2.0])
+    grown = curve([0, 10, 20], [4.0, 2.0, 1.9], fit_flops=25.0)
+    assert compare("g", grown, scratch).flop_savings == pytest.approx(1 - 35 / 20)
+
+
+def test_not_reached():
+    scratch = curve([0, 10, 20], [5.0, 3.0, 2.0])
+    slow = curve([0, 10, 20], [5.0, 4.0, 2.5])
+    c = compare("slow", slow, scratch)
+    assert not c.reach.reached and c.reach.flops is None and c.reach.seconds is None
+    assert c.flop_savings is None and c.wall_savings is None
+    assert savings(None, 10.0) is None and savings(5.0, 10.0) == 0.5
+
+
+def test_scratch_against_itself_saves_nothing():
+    scratch = curve([0, 10, 20], [5.0, 3.0, 2.0])
+    assert compare("scratch", scratch, scratch).flop_savings == 0.0
+
+
+def test_convergence_is_the_improvement_over_the_last_fifth():
+    c = Curve([0, 50, 100], [0, 1, 2], [0, 1, 2], [5.0, 3.0, 2.0])
+    # at step 80 the loss is 3.0 + (2.0 - 3.0) * 30/50 = 2.4; the end is 2.0
+    assert convergence(c) == pytest.approx((2.4 - 2.0) / 2.4)
+
+
+def test_seed_band_interpolates_onto_a_shared_grid():
+    a = {"seconds": [0.0, 10.0, 20.0], "loss": [4.0, 3.0, 2.0]}
+    b = {"seconds": [1.0, 9.0, 21.0], "loss": [4.0, 2.0, 1.0]}
+    x, mean, lo, hi = seed_band([a, b], "seconds")
+    assert x[0] == 1.0 and x[-1] == 20.0
+    i = list(x).index(10.0)
+    b_at_10 = 2.0 + (1.0 - 2.0) * 1 / 12
+    assert mean[i] == pytest.approx((3.0 + b_at_10) / 2) and lo[i] == pytest.approx(b_at_10) and hi[i] == 3.0
+    assert np.all(lo <= mean) and np.all(mean <= hi)
+
+
+# --- the smoke preset, end to end -----------------------------------------------------
+METHODS = ["scratch", "exact", "ligo"]
+
+
+def _spec(methods=METHODS, **kw) -> BenchSpec:
+    return BenchSpec(get_preset("gpt2", "smoke"), methods=list(methods), seeds=[0], threads=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "gpt2-smoke"
+    lines = []
+    result = run_bench(_spec(), out, log=lines.append)
+    summary = write_report(result)
+    return out, result, summary, lines
+
+
+def test_smoke_writes_report_results_and_plots(smoke):
+    out, result, summary, _ = smoke
+    for name in ("report.md", "results.json", *PLOTS):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "loss_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
+    data = json.loads((out / "results.json").read_text())
+    assert list(data["methods"]) == METHODS
+    report = (out / "report.md").read_text()
+    for m in METHODS:
+        assert f"| {m} |" in report
+    assert "Small-model (source) pretraining" in report and "convergence" in report
+    assert sorted(result.trained) == [(0, m) for m in sorted(METHODS)]
+    assert (out / "source-gpt2-smoke-seed0" / "DONE").is_file()
+    assert "ligo" in text_table(summary)
+
+
+def test_smoke_curves_start_at_the_fit_cost(smoke):
+    _, result, summary, _ = smoke
+    ligo = result.runs[0]["ligo"]
+    assert ligo["fit"]["steps"] == 3 and ligo["fit_flops"] > 0
+    assert ligo["fit_flops"] == pytest.approx(3 * ligo["fit"]["flops_per_step"], rel=0.05)
+    assert ligo["history"][0]["flops"] == ligo["fit_flops"]  # the step-0 eval sits at the fit's cost
+    assert ligo["history"][0]["seconds"] == ligo["grow_seconds"] > 0
+    assert result.runs[0]["scratch"]["history"][0]["flops"] == 0.0
+    assert result.runs[0]["exact"]["fit_flops"] == 0.0
+    # every target trained the same steps on the same budget; scratch is its own target
+    assert {len(r["history"]) for r in result.runs[0].values()} == {len(result.runs[0]["scratch"]["history"])}
+    assert summary["methods"]["scratch"]["flop_savings"]["mean"] == 0.0
+    check = summary["flops_check"]
+    assert check["measured"] == pytest.approx(check["analytic"], rel=0.1)
+
+
+def test_rerun_skips_finished_runs(smoke):
+    out, first, _, _ = smoke
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("seed0/*/run.json")}
+    lines = []
+    again = run_bench(_spec(), out, log=lines.append)
+    assert again.trained == []
+    assert {p: p.stat().st_mtime_ns for p in out.glob("seed0/*/run.json")} == stamps
+    assert any("reusing" in line for line in lines)
+    for m in METHODS:
+        assert again.runs[0][m]["eval_loss"] == first.runs[0][m]["eval_loss"]
+
+
+def test_an_interrupted_run_is_started_again(smoke, tmp_path):
+    out, first, _, _ = smoke
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "seed0" / "exact" / "DONE").unlink()  # as if killed mid-training
+    again = run_bench(_spec(), copy, log=lambda _: None)
+    assert again.trained == [(0, "exact")]
+    assert again.runs[0]["exact"]["eval_loss"] == first.runs[0]["exact"]["eval_loss"]
+
+
+def test_same_seed_same_results(smoke, tmp_path):
+    _, first, _, _ = smoke
+    second = run_bench(_spec(["scratch", "ligo"]), tmp_path / "again", log=lambda _: None)
+    for m in ("scratch", "ligo"):
+        a, b = first.runs[0][m], second.runs[0][m]
+        assert [r.get("eval_loss") for r in a["history"]] == [r.get("eval_loss") for r in b["history"]]
+        assert a["fit_flops"] == b["fit_flops"]
+    assert first.sources[0]["eval_loss"] == second.sources[0]["eval_loss"]
+
+
+def test_other_settings_in_the_same_folder_are_refused(smoke):
+    out = smoke[0]
+    spec = BenchSpec(get_preset("gpt2", "smoke").replace(budget_steps=7), methods=["scratch"], seeds=[0])
+    with pytest.raises(GrowError, match="other settings"):
+        run_bench(spec, out, log=lambda _: None)
+
+
+def test_an_unregistered_learned_method_is_skipped_with_a_note(monkeypatch):
+    from growkit.bench import runner
+
+    monkeypatch.setattr(runner, "registered_methods", lambda: {"exact": "", "ligo": ""})
+    methods, skipped = runner.resolve_methods(["exact", "mango", "ligo"])
+    assert methods == ["scratch", "exact", "ligo"] and "mango" in skipped
+    with pytest.raises(GrowError, match="unknown method"):
+        runner.resolve_methods(["scratch", "nonsense"])
+
+
+def test_report_marks_not_reached(smoke):
+    _, result, _, _ = smoke
+    import copy
+
+    fake = copy.deepcopy(result)
+    for rec in fake.runs[0]["exact"]["history"]:
+        if "eval_loss" in rec:
+            rec["eval_loss"] += 10.0
+    summary = summarise(fake)
+    assert summary["methods"]["exact"]["flop_savings"]["n"] == 0
+    assert "not reached" in text_table(summary)
+
+
+# --- the command line -------------------------------------------------------------------
+def test_cli_parses_seeds_and_options():
+    from growkit.cli.bench import parse_options, parse_seeds
+
+    assert parse_seeds("2") == [0, 1] and parse_seeds("0,3") == [0, 3]
+    assert parse_options(["mango:rank=2", "ligo:init=stackbert", "mango:lr=0.5"]) == {
+        "mango": {"rank": 2, "lr": 0.5}, "ligo": {"init": "stackbert"}}
+    for bad in ("0", "a", "1,1"):
+        with pytest.raises(GrowError):
+            parse_seeds(bad)
+    with pytest.raises(GrowError):
+        parse_options(["rank=2"])
+
+
+def test_cli_bench_smoke(tmp_path, capsys):
+    from growkit.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["bench", "--family", "gpt2", "--preset", "smoke", "--methods", "scratch,stackbert",
+                 "--out", str(out), "--threads", "1", "--steps", "10", "--no-plots"]) == 0
+    text = capsys.readouterr().out
+    assert "stackbert" in text and "report.md" in text
+    assert (out / "report.md").is_file() and not (out / "loss_vs_flops.png").exists()
