@@ -1,6 +1,7 @@
 """The one-call public API: ``grow(model, target, method=...)``."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from transformers import PretrainedConfig, PreTrainedModel
@@ -38,6 +39,8 @@ def grow(
     steps: int = 100,
     fit_config: FitConfig | None = None,
     return_fit: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
     **options: Any,
 ) -> PreTrainedModel | tuple[PreTrainedModel, FitResult]:
     """Grow ``model`` into a model of the same class at ``target``'s sizes.
@@ -45,6 +48,8 @@ def grow(
     Fixed methods may swap either half with ``width=`` / ``depth=``. Learned
     methods (``ligo``, ``mango``) need ``data`` (batches with labels) and fit for
     ``steps`` steps; ``return_fit=True`` also returns their :class:`FitResult`.
+    With ``checkpoint_dir`` and ``checkpoint_every`` the fit checkpoints there and
+    resumes from the newest checkpoint it finds (see :func:`growkit.fit.fit`).
     The source model is never modified.
     """
     adapter = adapter_for(model)
@@ -66,6 +71,7 @@ def grow(
     operator = spec.build(source, tgt_dims, seed=seed, **options)
     template = adapter.from_canonical(operator.materialize(), config, model_class)
     fit_config = fit_config or FitConfig(steps=steps)
-    result = fit(operator, template, adapter, data, fit_config, seed=seed)
+    result = fit(operator, template, adapter, data, fit_config, seed=seed,
+                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
     grown = adapter.from_canonical(operator.materialize(), config, model_class)
     return (grown, result) if return_fit else grown

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -17,6 +18,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from .arch import Adapter
+from .checkpoint import all_finite, load_state, numbered, prune, rng_state, save_state, set_rng_state
 from .core.errors import GrowError
 from .ops.operator import GrowthOperator
 
@@ -39,6 +41,14 @@ class FitConfig:
     progress: bool = True
 
 
+class FitWarning(UserWarning):
+    """The fit stopped early (a non-finite loss); the operator of the last finite step was kept."""
+
+
+#: fit checkpoints are ``fit-<step>.safetensors`` files in the checkpoint folder
+CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX = "fit-", ".safetensors"
+
+
 @dataclass
 class FitResult:
     operator: GrowthOperator
@@ -47,10 +57,10 @@ class FitResult:
     diverged_at: int | None = None
 
 
-def batch_stream(data: Any, seed: int = 0) -> Iterator[dict]:
-    """Endless batches from a growkit ``TaskData`` or any re-iterable of batch dicts."""
+def batch_stream(data: Any, seed: int = 0, start: int = 0) -> Iterator[dict]:
+    """Endless batches from a growkit ``TaskData`` or any re-iterable of batch dicts, from batch ``start`` on."""
     if hasattr(data, "train_batches"):
-        yield from data.train_batches(seed)
+        yield from data.train_batches(seed, start=start)
         return
     if data is None:
         raise GrowError("a learned method needs training data: pass data= (batches with labels) or --data")
@@ -58,6 +68,9 @@ def batch_stream(data: Any, seed: int = 0) -> Iterator[dict]:
         empty = True
         for batch in data:
             empty = False
+            if start:
+                start -= 1
+                continue
             yield batch
         if empty:
             raise GrowError("the training data yielded no batches")
@@ -73,6 +86,22 @@ def target_loss(operator: GrowthOperator, model: torch.nn.Module, adapter: Adapt
     return out.loss
 
 
+def _copy_state(operator: GrowthOperator) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in operator.state_dict().items()}
+
+
+def _settings(config: FitConfig, seed: int) -> dict:
+    return {**{k: v for k, v in asdict(config).items() if k != "progress"}, "seed": seed}
+
+
+def latest_fit_checkpoint(folder: str | Path | None) -> tuple[int, Path] | None:
+    """The newest ``fit-<step>.safetensors`` in ``folder`` (written atomically, so present means whole)."""
+    if folder is None:
+        return None
+    found = numbered(Path(folder), CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX)
+    return found[-1] if found else None
+
+
 def fit(
     operator: GrowthOperator,
     model: torch.nn.Module,
@@ -80,41 +109,94 @@ def fit(
     data: Iterable[dict] | Any,
     config: FitConfig | None = None,
     seed: int = 0,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
 ) -> FitResult:
     """Train only ``operator``'s parameters for ``config.steps`` steps on the target's loss.
 
     ``model`` is a target-shaped model used as the function to call; its own
     weights are ignored. A non-finite loss stops the fit at that step and
-    restores the last operator whose loss was finite.
+    restores the last operator whose loss was finite (with a :class:`FitWarning`).
+    The fit runs under its own RNG, seeded by ``seed``, so dropout draws repeat
+    and the caller's generator is left as it was.
+
+    With ``checkpoint_dir`` and ``checkpoint_every`` the fit writes its state
+    (operator, optimiser, scheduler, RNG, data position, losses) every
+    ``checkpoint_every`` steps to ``checkpoint_dir/fit-<step>.safetensors``,
+    keeping the newest, and resumes from the newest one it finds there; the
+    resumed fit equals an uninterrupted one bit for bit on the same machine.
     """
     config = config or FitConfig()
+    if checkpoint_every < 0:
+        raise GrowError(f"checkpoint_every must not be negative, got {checkpoint_every}")
     params = [p for p in operator.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(config.warmup, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     result = FitResult(operator)
+    settings = _settings(config, seed)
+    last_good = _copy_state(operator)
+    done, state = 0, None
+    found = latest_fit_checkpoint(checkpoint_dir)
+    if found is not None:
+        done, path = found
+        state = load_state(path)
+        if state.get("settings") != settings:
+            raise GrowError(f"{path} was written by a fit with other settings; rerun the same command, or delete it")
+        try:
+            with torch.no_grad():
+                operator.load_state_dict(state["operator"])
+        except RuntimeError as err:
+            raise GrowError(f"{path} does not fit this operator: {' '.join(str(err).split())[:200]}") from None
+        last_good = {k: v.clone() for k, v in state["last_good"].items()}
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        result.losses = list(state["losses"])
+        result.seconds = state["seconds"]
+
+    def save(step: int) -> None:
+        save_state(
+            Path(checkpoint_dir) / f"{CHECKPOINT_PREFIX}{step}{CHECKPOINT_SUFFIX}",
+            {"step": step, "operator": operator.state_dict(), "last_good": last_good,
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+             "losses": result.losses, "seconds": result.seconds + time.perf_counter() - start, "settings": settings},
+        )
+        prune(Path(checkpoint_dir), CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX, keep=1)
+
     model.train()
-    stream = batch_stream(data, seed)
-    last_good = {k: v.detach().clone() for k, v in operator.state_dict().items()}
-    bar = tqdm(range(config.steps), desc="fit", disable=not config.progress, leave=False)
+    bar = tqdm(range(done, config.steps), desc="fit", disable=not config.progress, leave=False,
+               total=config.steps, initial=done)
     start = time.perf_counter()
-    for step in bar:
-        loss = target_loss(operator, model, adapter, next(stream))
-        value = loss.item()
-        if not math.isfinite(value):
-            operator.load_state_dict(last_good)
-            result.diverged_at = step
-            warnings.warn(f"fit stopped at step {step}: the loss is {value}; kept the operator of step {step - 1}")
-            break
-        last_good = {k: v.detach().clone() for k, v in operator.state_dict().items()}
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.clip:
-            torch.nn.utils.clip_grad_norm_(params, config.clip)
-        optimizer.step()
-        scheduler.step()
-        result.losses.append(value)
-        bar.set_postfix(loss=f"{value:.4f}")
-    result.seconds = time.perf_counter() - start
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if state is not None:
+            set_rng_state(state["rng"])
+        stream = batch_stream(data, seed, start=done)
+        for step in bar:
+            loss = target_loss(operator, model, adapter, next(stream))
+            value = loss.item()
+            if not math.isfinite(value):
+                operator.load_state_dict(last_good)
+                result.diverged_at = step
+                warnings.warn(
+                    f"fit stopped at step {step}: the loss is {value}; kept the operator of step {step - 1}",
+                    FitWarning, stacklevel=2,
+                )
+                break
+            last_good = _copy_state(operator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip:
+                torch.nn.utils.clip_grad_norm_(params, config.clip)
+            optimizer.step()
+            scheduler.step()
+            result.losses.append(value)
+            bar.set_postfix(loss=f"{value:.4f}")
+            finished = step + 1
+            if checkpoint_dir is not None and checkpoint_every and finished % checkpoint_every == 0 \
+                    and finished < config.steps and all_finite(params):
+                save(finished)
+    result.seconds += time.perf_counter() - start
     model.eval()
     return result

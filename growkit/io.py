@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,11 +19,12 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from .arch import SUPPORTED_CLASSES
+from .checkpoint import fsync_tree, load_state, state_bytes, temp_sibling
 from .core.errors import GrowError
 
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-STATE_FILE = "training_state.pt"
+STATE_FILE = "training_state.safetensors"  #: optimiser, scheduler, RNG and counters (no pickle)
 
 
 @contextlib.contextmanager
@@ -51,7 +51,7 @@ def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
 
 
 def load_config(folder: str | Path) -> PretrainedConfig:
-    """The config of a model folder; the model type is checked before transformers parses it."""
+    """The config of a model folder, checked: the model type first, then the field types, then the sizes."""
     folder = Path(folder)
     if not folder.is_dir():
         raise GrowError(f"model folder {folder} does not exist")
@@ -59,12 +59,56 @@ def load_config(folder: str | Path) -> PretrainedConfig:
     if not path.is_file():
         raise GrowError(f"{folder} has no config.json; is it a folder written by save_pretrained?")
     try:
-        model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         raise GrowError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise GrowError(f"{path} holds a JSON {type(raw).__name__}, not an object of config fields")
+    model_type = raw.get("model_type")
+    if model_type is None:
+        raise GrowError(f"{path} has no model_type; growkit supports {', '.join(sorted(SUPPORTED_CLASSES))}")
     if model_type not in SUPPORTED_CLASSES:
         raise GrowError(f"unsupported model type {model_type!r} in {path}; growkit supports {', '.join(sorted(SUPPORTED_CLASSES))}")
-    return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:  # transformers validates field types and raises its own error types
+        raise GrowError(f"{path}: {_one_line(err)}") from None
+    check_config(config, path)
+    return config
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_config(config: PretrainedConfig, where: str | Path = "config") -> None:
+    """Refuse a config whose sizes are not positive integers or do not fit together, before any model is built."""
+    from .arch import adapter_for
+
+    adapter = adapter_for(config)
+    try:
+        dims = adapter.dims(config)
+    except (TypeError, ZeroDivisionError, AttributeError) as err:
+        raise GrowError(f"{where}: the sizes cannot be read: {_one_line(err)}") from None
+    for name in ("hidden", "ffn", "heads", "kv_heads", "head_dim", "layers"):
+        value = getattr(dims, name)
+        if not _positive_int(value):
+            raise GrowError(f"{where}: {name} must be a positive integer, got {value!r}")
+    if dims.heads % dims.kv_heads:
+        raise GrowError(f"{where}: {dims.kv_heads} key/value heads do not divide {dims.heads} attention heads")
+    if adapter.head_dim_from_hidden and dims.heads * dims.head_dim != dims.hidden:
+        raise GrowError(f"{where}: {dims.heads} attention heads do not divide hidden size {dims.hidden}")
+    fields = ["vocab_size", "n_positions", "max_position_embeddings"]
+    if config.model_type == "vit":
+        fields = ["image_size", "patch_size", "num_channels", "num_labels"]
+    for name in fields:
+        value = getattr(config, name, None)
+        if value is not None and not _positive_int(value):
+            raise GrowError(f"{where}: {name} must be a positive integer, got {value!r}")
 
 
 def load_pretrained(folder: str | Path) -> PreTrainedModel:
@@ -76,8 +120,8 @@ def load_pretrained(folder: str | Path) -> PreTrainedModel:
         if any((folder / name).is_file() for name in PICKLED):
             raise GrowError(
                 f"{folder} holds only pickled weights (pytorch_model.bin), which growkit does not load because "
-                "unpickling can run code; convert them to model.safetensors (load once with transformers and "
-                "save_pretrained again)"
+                "unpickling can run code; if you trust the file, convert them to model.safetensors with "
+                f"transformers: {cls.__name__}.from_pretrained('{folder}').save_pretrained('{folder}')"
             )
         raise GrowError(f"{folder} has no model.safetensors")
     try:
@@ -87,10 +131,13 @@ def load_pretrained(folder: str | Path) -> PreTrainedModel:
                 dtype=torch.float32, output_loading_info=True,
             )
     except Exception as err:  # safetensors and transformers raise many types for a bad file
-        raise GrowError(f"cannot load the weights in {folder}: {type(err).__name__}: {err}") from None
+        raise GrowError(f"cannot load the weights in {folder} (corrupt or truncated file?): {type(err).__name__}: {_one_line(err)}") from None
     broken = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
     if broken:
         raise GrowError(f"{folder}: the weights do not fit {cls.__name__}: missing or mis-shaped {broken[:5]}")
+    bad = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise GrowError(f"{folder}: the weights hold NaN or infinite values (first in {bad}); the model cannot be used")
     model.eval()
     return model
 
@@ -117,8 +164,7 @@ def save_pretrained(
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise GrowError(f"{folder} exists and is not empty; choose another folder or pass overwrite")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+    tmp, old = temp_sibling(folder), temp_sibling(folder, "old")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with _quiet():
@@ -126,9 +172,10 @@ def save_pretrained(
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         if state is not None:
-            torch.save(state, tmp / STATE_FILE)
+            (tmp / STATE_FILE).write_bytes(state_bytes(state))
         for path in extra_files:
             shutil.copy2(path, tmp / Path(path).name)
+        fsync_tree(tmp)
         if folder.exists():
             folder.rename(old)
         tmp.rename(folder)
@@ -139,3 +186,11 @@ def save_pretrained(
         raise
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def load_training_state(folder: str | Path) -> dict:
+    """The training state saved next to a checkpoint's weights (safetensors + JSON; never unpickled)."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise GrowError(f"{folder} has no {STATE_FILE}; it is not a growkit checkpoint")
+    return load_state(path)

@@ -23,10 +23,11 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from .checkpoint import all_finite, atomic_write_text, numbered, prune, rng_state, set_rng_state
 from .core.errors import GrowError
 from .data import TaskData
 from .flops import batch_tokens, flops_per_batch
-from .io import save_pretrained
+from .io import STATE_FILE, load_pretrained, load_training_state, save_pretrained
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -46,6 +47,7 @@ class TrainConfig:
     eval_every: int = 50  #: held-out eval every k steps, plus at step 0 and at the end; 0: only at the end
     log_every: int = 1  #: a metrics record (mean train loss since the last one) every k steps
     checkpoint_every: int = 0  #: a checkpoint every N steps (0: none); out_dir always gets the final model
+    keep_checkpoints: int = 0  #: keep only the newest K checkpoints (0: keep all)
     seed: int = 0  #: seeds the data order and dropout
     device: str = "cpu"  #: "cpu", or "auto" for the accelerator Accelerate finds (GPU when there is one)
     progress: bool | None = None  #: tqdm bar; None: only when stderr is a terminal
@@ -57,7 +59,7 @@ class TrainConfig:
             raise GrowError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         if self.device not in ("cpu", "auto"):
             raise GrowError(f"device must be 'cpu' or 'auto', got {self.device!r}")
-        for name in ("warmup", "eval_every", "checkpoint_every", "clip", "weight_decay"):
+        for name in ("warmup", "eval_every", "checkpoint_every", "keep_checkpoints", "clip", "weight_decay"):
             if getattr(self, name) < 0:
                 raise GrowError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.lr <= 0 or self.log_every < 1 or not 0 <= self.min_lr_ratio <= 1:
@@ -113,14 +115,58 @@ def evaluate(model: torch.nn.Module, batches: list[dict], device: torch.device) 
     return torch.stack(losses).mean().item()
 
 
-def _prepare_out(out_dir: Path | None) -> Path | None:
+def _prepare_out(out_dir: Path | None, resume: bool) -> Path | None:
     if out_dir is None:
+        if resume:
+            raise GrowError("resume=True needs the out_dir that holds the run's checkpoints")
         return None
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise GrowError(f"output folder {out_dir} exists and is not empty; choose a new one")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GrowError(f"output folder {out_dir} exists and is not a folder; choose a new one")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not resume:
+            raise GrowError(f"output folder {out_dir} exists and is not empty; choose a new one")
+        if (out_dir / "final").exists():
+            raise GrowError(f"output folder {out_dir} exists and is not empty: it holds a finished run; choose a new one")
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
+
+
+#: settings that may change between a run and its resumption (they do not change the result)
+_RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "progress")
+
+
+def _comparable(cfg: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k not in _RESUMABLE_CHANGES}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl; a line cut short by a kill is dropped."""
+    records = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                records.append(rec)
+    return records
+
+
+def latest_checkpoint(out_dir: Path) -> tuple[int, Path] | None:
+    """The newest complete ``checkpoint-<step>`` in ``out_dir`` (written atomically, so present means whole)."""
+    found = [(step, path) for step, path in numbered(out_dir, "checkpoint-") if (path / STATE_FILE).is_file()]
+    return found[-1] if found else None
+
+
+def _restore(model: torch.nn.Module, folder: Path) -> None:
+    """Copy a checkpoint's weights into ``model``'s own tensors (their storage, and so the kernels, stay the same)."""
+    saved = load_pretrained(folder)
+    with torch.no_grad():
+        missing, unexpected = model.load_state_dict(saved.state_dict(), strict=False)
+    if missing or unexpected:
+        raise GrowError(f"the checkpoint {folder} does not fit the model: {sorted(missing + unexpected)[:5]}")
 
 
 def train(
@@ -131,6 +177,7 @@ def train(
     *,
     flops_offset: float = 0.0,
     seconds_offset: float = 0.0,
+    resume: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` for ``cfg.steps`` steps.
 
@@ -139,18 +186,43 @@ def train(
     run can start after its operator's fit) and ``tokens_per_s``; evaluated
     steps add ``eval_loss`` (step 0 has only that). With ``out_dir`` (new or
     empty) records go to ``metrics.jsonl``, checkpoints to ``checkpoint-<step>``
-    and the final model to ``final``. A non-finite loss stops the run early
-    (``diverged_at``), without saving a final model.
+    and the final model to ``final``. A non-finite loss (or non-finite weights
+    at a checkpoint) stops the run early (``diverged_at``), without saving a
+    final model; the checkpoints written before stay.
+
+    With ``resume=True`` ``out_dir`` may hold an unfinished run of the same
+    settings: training continues from its newest checkpoint (weights,
+    optimiser, scheduler, RNG states, data position and counters), and the
+    result equals an uninterrupted run's bit for bit on the same machine.
+    Without a checkpoint the run starts over.
     """
     cfg.check()
-    out_dir = _prepare_out(out_dir)
+    out_dir = _prepare_out(out_dir, resume)
     torch.manual_seed(cfg.seed)
+    done, state = 0, None
+    found = latest_checkpoint(out_dir) if resume else None
+    if found is not None:
+        done, folder = found
+        state = load_training_state(folder)
+        if _comparable(state.get("config", {})) != _comparable(asdict(cfg)):
+            raise GrowError(f"{folder} was written with other training settings; rerun the same command, or start in a new folder")
+        _restore(model, folder)
     accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision="no")
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     config, device = accelerator.unwrap_model(model).config, accelerator.device
     result = TrainResult(flops=flops_offset, seconds=seconds_offset)
+    if resume:
+        # Keep the records up to the checkpoint; later ones (and a line cut by a kill) are redone.
+        kept = [r for r in read_metrics(out_dir / "metrics.jsonl") if r["step"] <= done] if state else []
+        atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        result.history = kept
+        result.eval_loss = next((r["eval_loss"] for r in reversed(kept) if "eval_loss" in r), math.nan)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        result.flops, result.seconds = state["flops"], state["seconds"]
 
     def record(rec: dict) -> None:
         result.history.append(rec)
@@ -160,22 +232,24 @@ def train(
 
     def checkpoint(folder: Path, step: int) -> None:
         state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": torch.get_rng_state(), "flops": result.flops, "seconds": result.seconds,
-                 "config": asdict(cfg)}
+                 "rng": rng_state(), "flops": result.flops, "seconds": result.seconds, "config": asdict(cfg)}
         save_pretrained(accelerator.unwrap_model(model), folder, data.tokenizer, overwrite=True, state=state)
 
-    if cfg.eval_every:
+    if cfg.eval_every and state is None:
         record({"step": 0, "eval_loss": evaluate(model, data.eval_batches, device),
                 "flops": result.flops, "seconds": result.seconds})
     model.train()
-    stream = data.train_batches(cfg.seed)
+    if state is not None:
+        set_rng_state(state["rng"])
+    stream = data.train_batches(cfg.seed, start=done)
     first = next(stream)  # every train batch has this shape, so one count serves all steps
     step_flops, step_tokens = flops_per_batch(config, first), batch_tokens(config, first)
     stream = itertools.chain([first], stream)
-    bar = tqdm(total=cfg.steps, desc="train", disable=not (sys.stderr.isatty() if cfg.progress is None else cfg.progress))
+    bar = tqdm(total=cfg.steps, initial=done, desc="train",
+               disable=not (sys.stderr.isatty() if cfg.progress is None else cfg.progress))
     loss_sum, count, tokens = torch.zeros((), device=device), 0, 0
     start = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    for step in range(done + 1, cfg.steps + 1):
         batch = {k: v.to(device) for k, v in next(stream).items()}
         loss = model(**batch).loss
         accelerator.backward(loss)
@@ -191,7 +265,8 @@ def train(
         bar.update()
         last = step == cfg.steps
         evaluating = last or (cfg.eval_every and step % cfg.eval_every == 0)
-        if step % cfg.log_every and not evaluating:
+        saving = bool(out_dir) and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last
+        if step % cfg.log_every and not evaluating and not saving:  # a checkpoint closes a record
             continue
         mean_loss = (loss_sum / count).item()  # the one device sync
         elapsed = time.perf_counter() - start
@@ -202,12 +277,17 @@ def train(
             result.diverged_at = step
             record(rec)
             break
+        if (saving or last) and out_dir and not all_finite(model.parameters()):
+            result.diverged_at = step  # finite loss but the update broke the weights: keep the last checkpoint
+            record(rec)
+            break
         if evaluating:
             rec["eval_loss"] = result.eval_loss = evaluate(model, data.eval_batches, device)
         record(rec)
         bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-        if out_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
+        if saving:
             checkpoint(out_dir / f"checkpoint-{step}", step)
+            prune(out_dir, "checkpoint-", keep=cfg.keep_checkpoints)
         loss_sum.zero_()
         count, tokens = 0, 0
         start = time.perf_counter()

@@ -1,13 +1,17 @@
 """The ``growkit`` command line: one module per command, each with ``add_parser``.
 
-Exit codes: 0 ok, 1 failure (a clear one-line error), 2 usage. Expected errors
-(:class:`GrowError`) print without a traceback; ``--debug`` shows one.
+Exit codes: 0 ok, 1 failure (a clear one-line error), 2 usage (argparse), 130
+interrupted. Expected errors (:class:`GrowError`, and the environment's: a file
+that cannot be read or written, memory running out) print as one line without a
+traceback; ``--debug`` (before or after the command) or ``GROWKIT_DEBUG=1``
+shows one.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from ..core.errors import GrowError
@@ -39,7 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(sub)
+    for command in sub.choices.values():  # ``growkit grow ... --debug`` works as well as ``growkit --debug grow``
+        if "--debug" not in command._option_string_actions:
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="show a traceback for expected errors")
     return parser
+
+
+def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so temporary files are removed
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,14 +60,33 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    debug = getattr(args, "debug", False) or bool(os.environ.get("GROWKIT_DEBUG"))
+    if not debug:  # transformers' advisory warnings would bury growkit's one-line messages
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         result = args.func(args)
-    except GrowError as err:
-        if args.debug or os.environ.get("GROWKIT_DEBUG"):
+    except (GrowError, OSError, MemoryError) as err:
+        if debug:
             raise
-        print(f"growkit {args.command}: error: {err}", file=sys.stderr)
+        print(f"growkit {args.command}: error: {_message(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"growkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, MemoryError):
+        return "out of memory; choose smaller sizes or batches (--dry-run prints an estimate)"
+    text = " ".join(str(err).split())
+    return text if isinstance(err, GrowError) else f"{type(err).__name__}: {text}"

@@ -28,9 +28,47 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def parameter_count(config: PretrainedConfig) -> int:
-    """Parameters of the model ``config`` describes, counted without allocating it."""
-    with torch.device("meta"):
-        return count_parameters(model_class(config)(config))
+    """Parameters of the model ``config`` describes, counted on the meta device without allocating it."""
+    from ..estimate import parameter_count as count
+
+    return count(config)
+
+
+def default_seq_len(config: PretrainedConfig, seq_len: int | None) -> int:
+    """``--seq-len``, or 128 capped at the model's positions; refused when it exceeds them."""
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if seq_len is None:
+        return min(128, limit or 128)
+    if seq_len < 1:
+        raise GrowError(f"--seq-len must be positive, got {seq_len}")
+    if config.model_type != "vit" and limit is not None and seq_len > limit:
+        raise GrowError(f"--seq-len {seq_len} exceeds the model's {limit} positions")
+    return seq_len
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise GrowError(f"--batch-size must be positive, got {batch_size}")
+
+
+def print_estimate(est) -> None:
+    for line in est.lines():
+        print(line)
+
+
+def add_checkpoint_option(p: argparse.ArgumentParser, default: int, what: str) -> None:
+    p.add_argument(
+        "--checkpoint-every", type=int, default=default, metavar="N",
+        help=f"checkpoint the {what} every N steps, so that rerunning the same command after a kill "
+        f"resumes it (default: {default}; 0: never)",
+    )
+
+
+def data_digest(data) -> str:
+    """What a run's data is: its examples and eval batches (tokenised, so the tokenizer counts too)."""
+    from ..checkpoint import digest_tensors
+
+    return digest_tensors({"train": data.examples, "eval": data.eval_batches, "batch_size": torch.tensor(data.batch_size)})
 
 
 def describe(label: str, config: PretrainedConfig) -> str:
@@ -57,10 +95,7 @@ def task_data(args: argparse.Namespace, config: PretrainedConfig, tokenizer):
     from ..data import build_task_data
 
     path = None if args.data in (None, "digits") else args.data
-    seq_len = args.seq_len
-    if seq_len is None:
-        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
-        seq_len = min(128, limit or 128)
+    seq_len = default_seq_len(config, args.seq_len)
     return build_task_data(
         config.model_type, path=path, tokenizer=tokenizer, config=config,
         seq_len=seq_len, batch_size=args.batch_size, seed=args.seed,

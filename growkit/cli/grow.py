@@ -2,13 +2,34 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from pathlib import Path
 
-from ..api import grow, resolve_target
+from ..api import grow
 from ..arch import adapter_for
+from ..checkpoint import LOCK_FILE, check_same_run, digest_model_folder, remove, run_lock, write_run
 from ..core.errors import GrowError
+from ..estimate import check_memory, fit_estimate, fixed_estimate
+from ..fit import FitConfig, FitWarning, latest_fit_checkpoint
+from ..io import load_config
 from ..ops import DEPTH_OPS, WIDTH_OPS, get_method
-from .common import add_data_options, check_output_dir, count_parameters, describe, load_model, save_model, task_data
+from .common import (
+    add_checkpoint_option,
+    add_data_options,
+    check_batch_size,
+    check_output_dir,
+    data_digest,
+    default_seq_len,
+    describe,
+    load_model,
+    print_estimate,
+    save_model,
+    task_data,
+)
+
+#: default fit checkpoint interval (a fit is ~100 steps)
+CHECKPOINT_EVERY = 20
 
 SIZE_FLAGS = {
     "hidden": "hidden_size",
@@ -51,11 +72,14 @@ def add_parser(sub) -> None:
     fixed.add_argument("--noise", type=float, help="symmetry-breaking noise, relative to each matrix's std")
     learned = p.add_argument_group("learned methods (ligo, mango)")
     learned.add_argument("--steps", type=int, default=100, help="fit steps (default: 100)")
+    learned.add_argument("--lr", type=float, default=FitConfig.lr, help=f"the operator's learning rate (default: {FitConfig.lr})")
     learned.add_argument("--rank", type=int, help="Mango tensor-ring rank (default: 1)")
     learned.add_argument("--init", help="start from this operator (e.g. stackbert, net2net, bert2bert)")
+    add_checkpoint_option(learned, CHECKPOINT_EVERY, "fit (into OUT_DIR.partial/, removed once OUT_DIR is written)")
     add_data_options(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--dry-run", action="store_true", help="print sizes, parameter counts and FLOPs; write nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print sizes, parameters (target and operator), a peak memory estimate and FLOPs; write nothing")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     p.set_defaults(func=run)
 
@@ -65,29 +89,81 @@ def _options(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def partial_dir(out: Path) -> Path:
+    """Where a learned method's fit keeps its checkpoints until OUT_DIR is written: OUT_DIR.partial, beside it."""
+    return out.parent / f"{out.name}.partial"
+
+
 def run(args: argparse.Namespace) -> int:
     sizes = {key: getattr(args, flag) for flag, key in SIZE_FLAGS.items() if getattr(args, flag) is not None}
     if not sizes:
         raise GrowError("give at least one target size: --hidden, --layers, --heads, --kv-heads or --ffn")
     method = get_method(args.method)
-    out = Path(args.out)
+    options = _options(args)
+    if method.learned:
+        if args.width or args.depth:
+            raise GrowError(f"{args.method} learns its own width and depth maps; --width and --depth apply to fixed methods")
+        if args.steps < 0 or args.checkpoint_every < 0 or not args.lr > 0:
+            raise GrowError("--steps and --checkpoint-every must not be negative and --lr must be positive")
+        check_batch_size(args.batch_size)
+    src, out = Path(args.src), Path(args.out)
+    partial = partial_dir(out)
     if not args.dry_run:
         check_output_dir(out, args.overwrite)
-    model, tokenizer = load_model(Path(args.src))
-    config = resolve_target(model, sizes)
-    options = _options(args)
-    adapter = adapter_for(model)
+    # Everything up to the estimate reads configs only: no weights are loaded or allocated yet.
+    src_config = load_config(src)
+    adapter = adapter_for(src_config)
+    config = adapter.target_config(src_config, sizes)
+    seq_len = default_seq_len(src_config, args.seq_len)
+    if method.learned:
+        est = fit_estimate(method, src_config, config, seed=args.seed, options=options,
+                           batch_size=args.batch_size, seq_len=seq_len, steps=args.steps)
+    else:
+        est = fixed_estimate(src_config, config, seq_len)
     if args.dry_run:
-        print(describe("source", model.config))
+        print(describe("source", src_config))
         print(describe("target", config))
-        if method.learned:
-            operator = method.build(adapter.to_canonical(model), adapter.dims(config), seed=args.seed, **options)
-            print(f"operator  {args.method}: {count_parameters(operator):,} parameters")
+        print_estimate(est)
         return 0
-    data = task_data(args, model.config, tokenizer) if method.learned else None
-    extra = {"data": data, "steps": args.steps} if method.learned else {"width": args.width, "depth": args.depth}
-    grown = grow(model, config, args.method, seed=args.seed, **extra, **options)
-    save_model(grown, out, src=Path(args.src), tokenizer=tokenizer, overwrite=args.overwrite)
+    check_memory(est)
+    model, tokenizer = load_model(src)
+    if not method.learned:
+        grown = grow(model, config, args.method, seed=args.seed, width=args.width, depth=args.depth, **options)
+        save_model(grown, out, src=src, tokenizer=tokenizer, overwrite=args.overwrite)
+        print(describe("grown", grown.config))
+        print(f"saved to {out}")
+        return 0
+    data = task_data(args, model.config, tokenizer)
+    run_id = {
+        "command": "grow", "source": digest_model_folder(src), "data": data_digest(data), "method": args.method,
+        "target": {k: getattr(adapter.dims(config), k) for k in ("hidden", "ffn", "heads", "kv_heads", "head_dim", "layers")},
+        "options": options, "steps": args.steps, "lr": args.lr, "seed": args.seed,
+    }
+    resuming = check_same_run(partial, run_id, "fit") if partial.exists() else False
+    if not resuming and partial.exists() and any(p.name != LOCK_FILE for p in partial.iterdir()):
+        raise GrowError(f"{partial} exists and is not a growkit checkpoint folder; move or delete it")
+    partial.mkdir(parents=True, exist_ok=True)
+    with run_lock(partial):
+        write_run(partial, run_id)
+        found = latest_fit_checkpoint(partial)
+        if resuming and found:
+            print(f"resuming the fit from step {found[0]} (checkpoint in {partial})", file=sys.stderr)
+        fit_config = FitConfig(steps=args.steps, lr=args.lr, progress=sys.stderr.isatty())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)  # reported below as an error
+            grown, result = grow(model, config, args.method, seed=args.seed, data=data, fit_config=fit_config,
+                                 return_fit=True, checkpoint_dir=partial, checkpoint_every=args.checkpoint_every, **options)
+        if result.diverged_at is not None:
+            found = latest_fit_checkpoint(partial)
+            kept = f"the last good checkpoint (after step {found[0]}) is kept in {partial}" if found else "no checkpoint was reached"
+            raise GrowError(
+                f"the fit's loss became non-finite at step {result.diverged_at + 1} of {args.steps}; no model was "
+                f"written and {kept}; try a lower --lr"
+            )
+        # the grown model keeps the tokenizer it was fit with (the source's, or the BPE trained on the data)
+        save_model(grown, out, src=src, tokenizer=tokenizer or data.tokenizer, overwrite=args.overwrite)
+    remove(partial)  # renamed away first: a kill now leaves no half-deleted checkpoint folder
     print(describe("grown", grown.config))
+    print(f"fit {len(result.losses)} steps: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses else "fit 0 steps")
     print(f"saved to {out}")
     return 0

@@ -77,15 +77,35 @@ class TaskData:
             return {"input_ids": examples["input_ids"], "labels": examples["input_ids"]}
         return dict(examples)
 
-    def train_batches(self, seed: int = 0) -> Iterator[Batch]:
-        """Endless full batches, the same sequence for the same ``seed``; each epoch is a new shuffle."""
+    def train_batches(self, seed: int = 0, start: int = 0) -> Iterator[Batch]:
+        """Endless full batches, the same sequence for the same ``seed``; each epoch is a new shuffle.
+
+        ``start`` skips that many batches, leaving the stream exactly where a
+        stream that yielded them would be (a resumed run continues the same
+        data order). Skipping replays only the generator: one shuffle per
+        epoch, plus the masking draws of each skipped batch for BERT.
+        """
+        if start < 0:
+            raise GrowError(f"start must not be negative, got {start}")
         generator = torch.Generator().manual_seed(seed)
         n, b = self.num_train, self.batch_size
+        per_epoch = n // b
         while True:
             order = torch.randperm(n, generator=generator)
-            for start in range(0, n - b + 1, b):
-                rows = order[start : start + b]
-                yield self.to_batch({k: v[rows] for k, v in self.examples.items()}, generator)
+            if start >= per_epoch and self.masker is None:  # a whole epoch skipped: only its shuffle is drawn
+                start -= per_epoch
+                continue
+            for first in range(0, n - b + 1, b):
+                if start and self.masker is None:
+                    start -= 1
+                    continue
+                rows = order[first : first + b]
+                examples = {k: v[rows] for k, v in self.examples.items()}
+                if start:
+                    start -= 1
+                    self.to_batch(examples, generator)  # BERT: draw what the skipped batch drew
+                    continue
+                yield self.to_batch(examples, generator)
 
 
 def _windows(ids: torch.Tensor, length: int) -> torch.Tensor:

@@ -61,7 +61,8 @@ def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
     try:
         return PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
     except Exception as err:  # a corrupt file surfaces as many exception types
-        raise GrowError(f"cannot load the tokenizer in {folder}: {err}") from None
+        detail = " ".join(str(err).split())
+        raise GrowError(f"cannot load the tokenizer in {folder} (corrupt tokenizer.json?): {type(err).__name__}: {detail}") from None
 
 
 def check_vocab(tokenizer: PreTrainedTokenizerFast, config: PretrainedConfig) -> None:
