@@ -33,8 +33,12 @@ def perturb_norms(model, scale: float = 0.3, seed: int = 1) -> None:
                 p.add_(torch.randn(p.shape, generator=gen) * scale)
 
 
-@pytest.fixture
-def tiny():
-    from growkit.arch.tiny import tiny_model
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread: tiny models gain nothing from a second, lose a lot when processes share
+    the cores, and bit-exact comparisons need the same kernels in every run (subprocesses included)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
-    return tiny_model

@@ -22,15 +22,6 @@ VOCAB, MASK_ID, SPECIAL = 64, 3, (0, 1, 2, 3)
 PRETRAIN = {"bert": (200, 3e-3)}  # (steps, lr); post-LN MLM sees 15% of the tokens and learns slower
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds barrier waits (tens of ms each on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def quiet(steps: int) -> FitConfig:
     return FitConfig(steps=steps, progress=False)
 

@@ -25,16 +25,6 @@ VOCAB = 512
 COMMON = ["--seq-len", "16", "--batch-size", "4"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread here and in the subprocesses: the same kernels everywhere (bit-exact comparisons),
-    and tiny models run far faster than with threads that contend for shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")

@@ -21,15 +21,6 @@ VOCAB, SEQ = 512, 32
 FAST = dict(warmup=5, lr=3e-3, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data():
     text = embedded_text(120_000)
