@@ -223,3 +223,35 @@ def test_cli_bench_smoke(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "stackbert" in text and "report.md" in text
     assert (out / "report.md").is_file() and not (out / "loss_vs_flops.png").exists()
+
+
+def test_a_variant_joins_a_finished_benchmark(smoke):
+    out, first, _, _ = smoke
+    lines = []
+    spec = _spec(["scratch", "exact", "ligo", "ligo+fit_steps=2"])
+    result = run_bench(spec, out, log=lines.append)
+    assert result.trained == [(0, "ligo+fit_steps=2")]  # scratch, exact and ligo are reused
+    run = result.runs[0]["ligo+fit_steps=2"]
+    assert run["fit"]["steps"] == 2 and run["run_settings"]["fit_steps"] == 2
+    assert run["fit_flops"] < first.runs[0]["ligo"]["fit_flops"]
+    summary = summarise(result)
+    assert "ligo+fit_steps=2" in summary["methods"]
+    # changing the plain entry's fit settings would silently change a finished run: refused
+    other = BenchSpec(get_preset("gpt2", "smoke").replace(fit_steps=5), methods=["ligo"], seeds=[0], threads=1)
+    with pytest.raises(GrowError, match="variant"):
+        run_bench(other, out, log=lambda _: None)
+
+
+def test_variant_parsing():
+    from growkit.bench.variants import parse_variant
+
+    v = parse_variant("mango+rank=2+fit_steps=300+fit_lr=3e-3+init=interpolate")
+    assert v.method == "mango" and v.options == {"rank": 2, "init": "interpolate"}
+    assert v.fit == {"fit_steps": 300, "fit_lr": 0.003}
+    for bad in ("mango+rank", "scratch+rank=2", "ligo+fit_steps=-1", "+rank=2"):
+        with pytest.raises(GrowError):
+            parse_variant(bad)
+    from growkit.bench import runner
+
+    with pytest.raises(GrowError, match="learned"):
+        runner.resolve_methods(["exact+fit_steps=3"])

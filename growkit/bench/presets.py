@@ -133,8 +133,8 @@ def _presets(family: str) -> dict[str, Preset]:
     )
     tiny = Preset(
         "tiny", family, Size(2, 64, 4), Size(4, 128, 8),
-        source_budget=Budget(steps=600, lr=3e-3, warmup=30, eval_every=100),
-        budget=Budget(steps=600, lr=2e-3, warmup=30, eval_every=25),
+        source_budget=Budget(steps=1000, lr=3e-3, warmup=40, eval_every=100),
+        budget=Budget(steps=1000, lr=2e-3, warmup=40, eval_every=25),
         fit_steps=100, fit_lr=1e-3, seq_len=64, batch_size=16, vocab_size=2048,
     )
     small = Preset(
@@ -147,6 +147,14 @@ def _presets(family: str) -> dict[str, Preset]:
         tiny = tiny.replace(batch_size=32, image_size=16, patch_size=4)
         small = small.replace(batch_size=64, image_size=32, patch_size=4)
     return {"smoke": smoke, "tiny": tiny, "small": small}
+
+
+def demo_preset() -> Preset:
+    """``growkit demo``: the gpt2 tiny preset with shorter budgets (~10 minutes on 2 cores for 4 methods)."""
+    return get_preset("gpt2", "tiny").replace(
+        name="demo", budget_steps=300, budget_warmup=20, budget_eval_every=20, source_budget_steps=500,
+        source_budget_eval_every=100,
+    )
 
 
 def get_preset(family: str, name: str) -> Preset:

@@ -39,10 +39,13 @@ from ..io import load_pretrained, model_class
 from ..ops import get_method, methods as registered_methods
 from ..train import train
 from .presets import Preset
+from .variants import Variant, parse_variant
 
 #: every method the benchmark knows, in report order; "scratch" is the baseline
 DEFAULT_METHODS = ("scratch", "stackbert", "interpolate", "net2net", "bert2bert", "exact", "ligo", "mango")
 DONE = "DONE"
+#: preset fields that only some runs depend on; recorded per run, not in the benchmark's fingerprint
+PER_RUN = ("fit_steps", "fit_lr", "method_options")
 SOURCE_DATA_SEED = 10_000  #: the source trains on train_batches(SOURCE_DATA_SEED + seed), not the targets' order
 
 
@@ -59,8 +62,26 @@ class BenchSpec:
     threads: int | None = None  #: torch CPU threads for the benchmark (None: torch's default)
 
     def settings(self) -> dict:
-        """What every run's result depends on (the methods and seeds are not part of it)."""
-        return {"preset": self.preset.to_dict(), "data": self.data or "default"}
+        """What every run's result depends on: the preset and the data.
+
+        The methods, seeds and the learned operators' fit settings and options
+        are not part of it: each run records its own (:meth:`run_settings`), so
+        variants such as ``mango+rank=2`` can join a finished benchmark.
+        """
+        preset = {k: v for k, v in self.preset.to_dict().items() if k not in PER_RUN}
+        return {"preset": preset, "data": self.data or "default"}
+
+    def variant(self, entry: str) -> Variant:
+        base = entry.split("+", 1)[0].strip()
+        return parse_variant(entry, self.preset.method_options.get(base, {}))
+
+    def run_settings(self, variant: Variant, learned: bool) -> dict:
+        """The settings one run depends on beyond :meth:`settings`."""
+        settings: dict = {"options": variant.options}
+        if learned:
+            settings["fit_steps"] = variant.fit.get("fit_steps", self.preset.fit_steps)
+            settings["fit_lr"] = variant.fit.get("fit_lr", self.preset.fit_lr)
+        return settings
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]
@@ -78,16 +99,22 @@ class BenchResult:
 
 
 def resolve_methods(names: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The methods that can run (scratch first) and a note for each one that cannot."""
+    """The entries that can run (scratch first) and a note for each one that cannot.
+
+    An entry is a method or a variant of one (``mango+rank=2``, see :mod:`.variants`).
+    """
     available = registered_methods()
     runnable, skipped = [], {}
-    for name in dict.fromkeys(names):
-        if name == "scratch" or name in available:
+    for name in dict.fromkeys(n.strip() for n in names):
+        variant = parse_variant(name)
+        if variant.method == "scratch" or variant.method in available:
+            if variant.fit and variant.method != "scratch" and not get_method(variant.method).learned:
+                raise GrowError(f"{name!r}: fit_steps and fit_lr apply to learned methods only")
             runnable.append(name)
-        elif name in DEFAULT_METHODS:
-            skipped[name] = f"{name} is not registered in this installation (growkit.methods() lacks it); skipped"
+        elif variant.method in DEFAULT_METHODS:
+            skipped[name] = f"{variant.method} is not registered in this installation (growkit.methods() lacks it); skipped"
         else:
-            raise GrowError(f"unknown method {name!r}; choose scratch or one of {', '.join(available)}")
+            raise GrowError(f"unknown method {variant.method!r}; choose scratch or one of {', '.join(available)}")
     if "scratch" not in runnable:
         runnable.insert(0, "scratch")  # savings are measured against it
     else:
@@ -205,40 +232,52 @@ class Runner:
             materialise = count_flops(operator)
         return per_step, materialise
 
-    def target(self, seed: int, method: str, source, data: TaskData) -> dict:
-        """Grow (or initialise) and train one target; reuse a finished run."""
-        folder = self.run_dir(seed, method)
+    def target(self, seed: int, entry: str, source, data: TaskData) -> dict:
+        """Grow (or initialise) and train one target; reuse a finished run.
+
+        ``entry`` is a method or a variant of one (``mango+rank=2``).
+        """
+        variant = self.spec.variant(entry)
+        method, options = variant.method, dict(variant.options)
+        learned = method != "scratch" and get_method(method).learned
+        settings = self.spec.run_settings(variant, learned)
+        folder = self.run_dir(seed, entry)
         if (folder / DONE).is_file():
             record = json.loads((folder / "run.json").read_text())
             if record.get("fingerprint") != self.fingerprint:
                 raise GrowError(f"{folder} was run with other settings; delete it or choose another --out")
-            self.log(f"[seed {seed}] {method}: done before (eval loss {record['eval_loss']:.4f}); reusing")
+            if record.get("run_settings", settings) != settings:
+                raise GrowError(
+                    f"{folder} was run with {record['run_settings']}, not {settings}; name the change as a "
+                    f"variant (e.g. {method}+fit_steps=300 or {method}+rank=2) or choose another --out"
+                )
+            self.log(f"[seed {seed}] {entry}: done before (eval loss {record['eval_loss']:.4f}); reusing")
             return record
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         p = self.preset
         target_config = p.target_config(source.config)
-        options = dict(p.method_options.get(method, {}))
         fit = None
         if method == "scratch":
             torch.manual_seed(seed)
             model = model_class(target_config)(target_config)
             grow_seconds, fit_flops = 0.0, 0.0
-        elif get_method(method).learned:
+        elif learned:
             per_step, materialise = self._fit_flops(source, target_config, method, data, seed, options)
-            fit_config = FitConfig(steps=p.fit_steps, lr=p.fit_lr, progress=bool(self.spec.progress))
-            self.log(f"[seed {seed}] {method}: fitting the operator for {p.fit_steps} steps")
+            fit_steps, fit_lr = settings["fit_steps"], settings["fit_lr"]
+            fit_config = FitConfig(steps=fit_steps, lr=fit_lr, progress=bool(self.spec.progress))
+            self.log(f"[seed {seed}] {entry}: fitting the operator for {fit_steps} steps")
             start = time.perf_counter()
             model, result = grow(source, target_config, method, seed=seed, data=data, fit_config=fit_config,
                                  return_fit=True, **options)
             grow_seconds = time.perf_counter() - start
             steps = len(result.losses)
             fit_flops = per_step * steps + materialise
-            fit = {"steps": steps, "lr": p.fit_lr, "flops": fit_flops, "flops_per_step": per_step,
+            fit = {"steps": steps, "lr": fit_lr, "flops": fit_flops, "flops_per_step": per_step,
                    "seconds": grow_seconds, "fit_loop_seconds": result.seconds, "losses": result.losses,
                    "diverged_at": result.diverged_at, "options": options}
-            self.log(f"[seed {seed}] {method}: fit loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f} "
-                     f"in {grow_seconds:.1f} s, {fit_flops:.3g} FLOPs" if result.losses else f"[seed {seed}] {method}: fit 0 steps")
+            self.log(f"[seed {seed}] {entry}: fit loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f} "
+                     f"in {grow_seconds:.1f} s, {fit_flops:.3g} FLOPs" if result.losses else f"[seed {seed}] {entry}: fit 0 steps")
         else:
             start = time.perf_counter()
             model = grow(source, target_config, method, seed=seed, **options)
@@ -249,18 +288,19 @@ class Runner:
             model.train()
             measured = {"analytic": flops_per_batch(target_config, batch), "measured": measure_flops(model, batch)}
         cfg = p.budget.config(seed, p.device, self.spec.progress)
-        self.log(f"[seed {seed}] {method}: training {cfg.steps} steps")
+        self.log(f"[seed {seed}] {entry}: training {cfg.steps} steps")
         result = train(model, data, cfg, folder / "train", flops_offset=fit_flops, seconds_offset=grow_seconds)
         if not self.spec.keep_models and result.final_dir is not None:
             shutil.rmtree(result.final_dir, ignore_errors=True)
-        record = {"method": method, "seed": seed, "fingerprint": self.fingerprint, "eval_loss": result.eval_loss,
+        record = {"method": entry, "base_method": method, "seed": seed, "fingerprint": self.fingerprint,
+                  "run_settings": settings, "eval_loss": result.eval_loss,
                   "flops": result.flops, "seconds": result.seconds, "diverged_at": result.diverged_at,
                   "grow_seconds": grow_seconds, "fit_flops": fit_flops, "fit": fit, "options": options,
                   "params": params_count(target_config), "train_flops_check": measured, "history": result.history}
         _write_json(folder / "run.json", record)
         (folder / DONE).write_text("done\n")
-        self.trained.append((seed, method))
-        self.log(f"[seed {seed}] {method}: eval loss {result.eval_loss:.4f} after {cfg.steps} steps, "
+        self.trained.append((seed, entry))
+        self.log(f"[seed {seed}] {entry}: eval loss {result.eval_loss:.4f} after {cfg.steps} steps, "
                  f"{result.seconds:.0f} s" + (f" (diverged at step {result.diverged_at})" if result.diverged_at else ""))
         return record
 

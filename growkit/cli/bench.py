@@ -27,18 +27,21 @@ def add_parser(sub) -> None:
             "examples:\n"
             "  growkit bench --family gpt2 --preset tiny --seeds 2 --out runs/bench-gpt2-tiny\n"
             "  growkit bench --family vit --preset tiny --methods scratch,bert2bert,ligo --data digits\n"
-            "  growkit bench --family gpt2 --preset tiny --fit-steps 300 --option mango:rank=2 --out runs/mango-r2"
+            "  growkit bench --family gpt2 --preset tiny --methods scratch,mango,mango+rank=2,mango+fit_steps=300\n"
+            "  growkit bench --family gpt2 --preset tiny --lr 1e-3 --out runs/bench-gpt2-tiny-lr1e-3"
         ),
     )
     p.add_argument("--family", choices=("gpt2", "bert", "vit", "llama"), default="gpt2", help="model family (default gpt2)")
     p.add_argument("--preset", choices=("smoke", "tiny", "small"), default="tiny", help="sizes and budgets (default tiny)")
     p.add_argument("--methods", default=DEFAULT_METHODS,
-                   help=f"comma-separated methods; scratch always runs (default {DEFAULT_METHODS})")
+                   help="comma-separated methods, or variants such as mango+rank=2 or ligo+fit_steps=300 "
+                   f"(fit_steps, fit_lr or a grow() option); scratch always runs (default {DEFAULT_METHODS})")
     p.add_argument("--seeds", default="1", help="number of seeds (0..N-1), or a comma-separated list such as 0,3 (default 1)")
     p.add_argument("--out", type=Path, help="output folder (default runs/bench-<family>-<preset>)")
     p.add_argument("--data", help="text file or folder (gpt2, bert, llama); 'digits' or a class-per-folder image "
                    "tree (vit); default: the embedded corpus, or digits for vit")
-    g = p.add_argument_group("overrides (each changes the settings, so use a new --out)")
+    g = p.add_argument_group("overrides (the training ones change every run, so use a new --out; to vary one "
+                             "method's fit or options inside a benchmark, add a variant to --methods instead)")
     g.add_argument("--steps", type=int, help="every target's training steps")
     g.add_argument("--lr", type=float, help="every target's peak learning rate")
     g.add_argument("--schedule", choices=("cosine", "linear", "constant"), help="every target's lr decay")
@@ -114,7 +117,7 @@ def build_spec(args: argparse.Namespace):
         changes["method_options"] = {**preset.method_options, **options}
     preset = preset.replace(**changes)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unused = sorted(set(options) - set(methods))
+    unused = sorted(set(options) - {m.split("+", 1)[0] for m in methods})
     if unused:
         raise GrowError(f"--option names {unused[0]}, which is not in --methods")
     if args.threads is not None and args.threads < 1:

@@ -1,0 +1,59 @@
+"""Method variants: one method with changed settings, run beside the others in the same benchmark.
+
+A benchmark entry is a method name, or a method name with ``+key=value`` parts::
+
+    mango+rank=2               grow() option rank=2
+    ligo+fit_steps=300         the learned operator fits 300 steps
+    mango+fit_lr=3e-3+init=interpolate
+
+``fit_steps`` and ``fit_lr`` set the fit (learned methods only); every other key
+is a ``grow()`` option of the method. A variant trains its target exactly like
+every other run (the same TrainConfig and data order), so an ablation of an
+operator's recipe reuses the benchmark's scratch and fixed-method runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core.errors import GrowError
+
+FIT_KEYS = ("fit_steps", "fit_lr")
+
+
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A benchmark entry: the method, its grow() options and fit overrides."""
+
+    name: str  #: as written, e.g. "mango+rank=2"; names the run folder and the report row
+    method: str
+    options: dict = field(default_factory=dict)
+    fit: dict = field(default_factory=dict)
+
+
+def parse_variant(entry: str, defaults: dict | None = None) -> Variant:
+    """Parse ``method+key=value+...``; ``defaults`` are the preset's options for the method."""
+    method, *parts = entry.strip().split("+")
+    if not method:
+        raise GrowError(f"empty method name in {entry!r}")
+    options, fit = dict(defaults or {}), {}
+    for part in parts:
+        key, eq, value = part.partition("=")
+        if not (eq and key):
+            raise GrowError(f"{entry!r}: variant parts take key=value (e.g. mango+rank=2), not {part!r}")
+        (fit if key in FIT_KEYS else options)[key] = _value(value)
+    if "fit_steps" in fit and (not isinstance(fit["fit_steps"], int) or fit["fit_steps"] < 0):
+        raise GrowError(f"{entry!r}: fit_steps must be a non-negative integer")
+    if "fit_lr" in fit and (not isinstance(fit["fit_lr"], (int, float)) or fit["fit_lr"] <= 0):
+        raise GrowError(f"{entry!r}: fit_lr must be positive")
+    if method == "scratch" and (options or fit):
+        raise GrowError("scratch takes no options: it is a fresh random init of the target")
+    return Variant(entry.strip(), method, options, fit)
