@@ -74,8 +74,6 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "__items__" in obj:
         return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__items__"]}
     if "__ndarray__" in obj:
-        import numpy as np
-
         return _decode(obj["__ndarray__"], tensors).numpy().astype(obj["dtype"])
     return {k: _decode(v, tensors) for k, v in obj.items()}
 

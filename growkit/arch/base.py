@@ -1,20 +1,21 @@
 """The adapter contract: Hugging Face model <-> canonical view, bit-exactly.
 
 An adapter is mostly a table. Each :class:`Entry` says which HF tensor holds a
-role, how to turn it into math orientation and what its axes are. The generic
-code here walks that table both ways, so a family's module only writes what is
-really special about it (fused projections, conv patches, config names).
+role and how to turn it into math orientation; the role's axes are the same in
+every family (``ROLE_SPECS``). The generic code here walks that table both ways,
+so a family's module only writes what is really special about it (fused
+projections, conv patches, config names).
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from ..core.canonical import Canonical, Dims
+from ..core.canonical import ROLE_SPECS, Canonical, Dims
 from ..core.errors import GrowError
 
 Tensor = torch.Tensor
@@ -23,7 +24,7 @@ SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key
 
 @dataclass(frozen=True)
 class Entry:
-    """One role: ``canon`` name, HF key (``{i}`` is the layer index), axis spec, and layout.
+    """One role: ``canon`` name, HF key (``{i}`` is the layer index) and layout.
 
     ``layout`` is ``"linear"`` for ``nn.Linear`` weights (out x in, transposed into
     math orientation) and ``"raw"`` for tensors already in canonical layout.
@@ -32,9 +33,20 @@ class Entry:
 
     canon: str
     key: str
-    spec: tuple[str, ...]
     layout: str = "raw"
     head: bool = False
+
+
+def linear(role: str, key: str, *, bias: bool = True, head: bool = False, layout: str = "linear") -> tuple[Entry, ...]:
+    """An ``nn.Linear`` at ``key`` (``layout="raw"`` for GPT-2's in x out Conv1D): weight and bias (``role_bias``)."""
+    weight = Entry(role, key + ".weight", layout, head)
+    return (weight, Entry(role + "_bias", key + ".bias", head=head)) if bias else (weight,)
+
+
+def norm(role: str, key: str, *, bias: bool = True, head: bool = False) -> tuple[Entry, ...]:
+    """A LayerNorm (weight and bias) or, with ``bias=False``, an RMSNorm at ``key``."""
+    weight = Entry(role, key + ".weight", head=head)
+    return (weight, Entry(role + "_bias", key + ".bias", head=head)) if bias else (weight,)
 
 
 def _to_math(t: Tensor, layout: str) -> Tensor:
@@ -50,23 +62,51 @@ class Adapter:
     global_entries: ClassVar[tuple[Entry, ...]]
     #: whether hidden = heads * head_dim is forced by the architecture (not Llama)
     head_dim_from_hidden: ClassVar[bool] = True
+    supports_gqa: ClassVar[bool] = False
+    #: the norm right before a tied decoder: it is split like an input (see canonical.py)
+    tied_norm: ClassVar[str] = "final_norm"
 
-    # --- config hooks -------------------------------------------------------
+    #: the config field holding the FFN width
+    ffn_field: ClassVar[str] = "intermediate_size"
+
+    # --- config hooks (HF's standard names; GPT-2 maps them through attribute_map) --
+    def ffn_size(self, config: PretrainedConfig) -> int:
+        return getattr(config, self.ffn_field)
+
     def dims(self, config: PretrainedConfig) -> Dims:
-        raise NotImplementedError
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        explicit = None if self.head_dim_from_hidden else getattr(config, "head_dim", None)
+        return Dims(
+            hidden=hidden,
+            ffn=self.ffn_size(config),
+            heads=heads,
+            kv_heads=(getattr(config, "num_key_value_heads", None) or heads) if self.supports_gqa else heads,
+            head_dim=explicit or hidden // heads,
+            layers=config.num_hidden_layers,
+        )
 
     def write_dims(self, config: PretrainedConfig, dims: Dims) -> None:
-        """Set ``dims`` on ``config`` in place, in the family's own attribute names."""
-        raise NotImplementedError
+        """Set ``dims`` on ``config`` in place, then check the result (configs validate only when built)."""
+        config.hidden_size, config.num_attention_heads, config.num_hidden_layers = dims.hidden, dims.heads, dims.layers
+        setattr(config, self.ffn_field, dims.ffn)
+        if self.supports_gqa:
+            config.num_key_value_heads = dims.kv_heads
+        if not self.head_dim_from_hidden:
+            config.head_dim = dims.head_dim  # explicit, or HF re-derives it from hidden/heads
+        self.check_config(config)
 
     def check_config(self, config: PretrainedConfig) -> None:
         """Refuse configs this adapter cannot represent exactly."""
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        if hidden % heads:
+            # HF's own validators require it, even where head_dim is a separate field (Llama)
+            raise GrowError(f"num_attention_heads={heads} does not divide hidden_size={hidden}")
+        kv_heads = self.dims(config).kv_heads
+        if heads % kv_heads:
+            raise GrowError(f"num_key_value_heads={kv_heads} does not divide num_attention_heads={heads}")
 
     # --- hooks for special tensors ------------------------------------------
     def extra_to_canonical(self, sd: dict[str, Tensor], prefix: str, config: PretrainedConfig) -> dict[str, Tensor]:
-        return {}
-
-    def extra_specs(self) -> dict[str, tuple[str, ...]]:
         return {}
 
     def extra_from_canonical(self, tensors: dict[str, Tensor], prefix: str, config: PretrainedConfig) -> dict[str, Tensor]:
@@ -107,24 +147,19 @@ class Adapter:
             if key.format(i=0) not in sd:
                 continue
             tensors[e.canon] = torch.stack([_to_math(sd[key.format(i=i)], e.layout) for i in range(dims.layers)])
-            specs[e.canon] = ("L",) + e.spec
         for e in self._entries(self.has_head(model), tied):
             key = e.key if e.head else prefix + e.key
             if key in sd:
                 tensors[e.canon] = _to_math(sd[key], e.layout).clone()
-                specs[e.canon] = e.spec
-        extra = self.extra_to_canonical(sd, prefix, config)
-        tensors.update(extra)
-        specs.update({k: v for k, v in self.extra_specs().items() if k in extra})
+        tensors.update(self.extra_to_canonical(sd, prefix, config))
+        specs = {name: ROLE_SPECS[name] for name in tensors}
         if tied:
-            specs.update(self.tied_specs(specs))
+            for name in (self.tied_norm, self.tied_norm + "_bias"):
+                if name in specs:
+                    specs[name] = ("D.in",)
         canon = Canonical(self.family, dims, tensors, specs, tied=tied)
         canon.validate()
         return canon
-
-    def tied_specs(self, specs: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
-        """With a tied decoder, the norm right before it is split like an input (see canonical.py)."""
-        return {}
 
     def hf_state_dict(self, tensors: dict[str, Tensor], model: PreTrainedModel, tied: bool) -> dict[str, Tensor]:
         """HF-keyed tensors for ``model`` from canonical ``tensors``, without copying.
@@ -206,9 +241,3 @@ class Adapter:
         new = copy.deepcopy(config)
         self.write_dims(new, target)
         return new
-
-    supports_gqa: ClassVar[bool] = False
-
-
-#: a factory for tiny configs, used by tests and the embedded default
-ConfigFactory = Callable[..., PretrainedConfig]

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from transformers import BertConfig
 
-from ..core.canonical import Dims
 from ..core.errors import GrowError
-from .base import Adapter, Entry
+from .base import Adapter, Entry, linear, norm
 
 LAYER = "encoder.layer.{i}."
 PRED = "cls.predictions."
@@ -26,60 +25,31 @@ PRED = "cls.predictions."
 class BertAdapter(Adapter):
     family = "bert"
     model_type = "bert"
+    tied_norm = "head_norm"
     layer_entries = (
-        Entry("layer.q", LAYER + "attention.self.query.weight", ("D.in", "Q.out"), layout="linear"),
-        Entry("layer.q_bias", LAYER + "attention.self.query.bias", ("Q.out",)),
-        Entry("layer.k", LAYER + "attention.self.key.weight", ("D.in", "K.out"), layout="linear"),
-        Entry("layer.k_bias", LAYER + "attention.self.key.bias", ("K.out",)),
-        Entry("layer.v", LAYER + "attention.self.value.weight", ("D.in", "K.out"), layout="linear"),
-        Entry("layer.v_bias", LAYER + "attention.self.value.bias", ("K.out",)),
-        Entry("layer.o", LAYER + "attention.output.dense.weight", ("Q.in", "D.out"), layout="linear"),
-        Entry("layer.o_bias", LAYER + "attention.output.dense.bias", ("D.out",)),
-        Entry("layer.norm1", LAYER + "attention.output.LayerNorm.weight", ("D.out",)),
-        Entry("layer.norm1_bias", LAYER + "attention.output.LayerNorm.bias", ("D.out",)),
-        Entry("layer.mlp_in", LAYER + "intermediate.dense.weight", ("D.in", "F.out"), layout="linear"),
-        Entry("layer.mlp_in_bias", LAYER + "intermediate.dense.bias", ("F.out",)),
-        Entry("layer.mlp_out", LAYER + "output.dense.weight", ("F.in", "D.out"), layout="linear"),
-        Entry("layer.mlp_out_bias", LAYER + "output.dense.bias", ("D.out",)),
-        Entry("layer.norm2", LAYER + "output.LayerNorm.weight", ("D.out",)),
-        Entry("layer.norm2_bias", LAYER + "output.LayerNorm.bias", ("D.out",)),
+        *linear("layer.q", LAYER + "attention.self.query"),
+        *linear("layer.k", LAYER + "attention.self.key"),
+        *linear("layer.v", LAYER + "attention.self.value"),
+        *linear("layer.o", LAYER + "attention.output.dense"),
+        *norm("layer.norm1", LAYER + "attention.output.LayerNorm"),
+        *linear("layer.mlp_in", LAYER + "intermediate.dense"),
+        *linear("layer.mlp_out", LAYER + "output.dense"),
+        *norm("layer.norm2", LAYER + "output.LayerNorm"),
     )
     global_entries = (
-        Entry("tok_emb", "embeddings.word_embeddings.weight", ("V", "D.out")),
-        Entry("pos_emb", "embeddings.position_embeddings.weight", ("P", "D.out")),
-        Entry("type_emb", "embeddings.token_type_embeddings.weight", ("T", "D.out")),
-        Entry("emb_norm", "embeddings.LayerNorm.weight", ("D.out",)),
-        Entry("emb_norm_bias", "embeddings.LayerNorm.bias", ("D.out",)),
+        Entry("tok_emb", "embeddings.word_embeddings.weight"),
+        Entry("pos_emb", "embeddings.position_embeddings.weight"),
+        Entry("type_emb", "embeddings.token_type_embeddings.weight"),
+        *norm("emb_norm", "embeddings.LayerNorm"),
         # BertModel only (BertForMaskedLM builds its encoder without a pooler)
-        Entry("pooler", "pooler.dense.weight", ("D.in", "D.out"), layout="linear"),
-        Entry("pooler_bias", "pooler.dense.bias", ("D.out",)),
-        Entry("head_dense", PRED + "transform.dense.weight", ("D.in", "D.out"), layout="linear", head=True),
-        Entry("head_dense_bias", PRED + "transform.dense.bias", ("D.out",), head=True),
-        Entry("head_norm", PRED + "transform.LayerNorm.weight", ("D.out",), head=True),
-        Entry("head_norm_bias", PRED + "transform.LayerNorm.bias", ("D.out",), head=True),
-        Entry("lm_head", PRED + "decoder.weight", ("D.in", "V"), layout="linear", head=True),
+        *linear("pooler", "pooler.dense"),
+        *linear("head_dense", PRED + "transform.dense", head=True),
+        *norm("head_norm", PRED + "transform.LayerNorm", head=True),
+        Entry("lm_head", PRED + "decoder.weight", "linear", head=True),
     )
 
-    def dims(self, config: BertConfig) -> Dims:
-        hidden, heads = config.hidden_size, config.num_attention_heads
-        return Dims(
-            hidden=hidden,
-            ffn=config.intermediate_size,
-            heads=heads,
-            kv_heads=heads,
-            head_dim=hidden // heads,
-            layers=config.num_hidden_layers,
-        )
-
-    def write_dims(self, config: BertConfig, dims: Dims) -> None:
-        config.hidden_size, config.intermediate_size = dims.hidden, dims.ffn
-        config.num_attention_heads, config.num_hidden_layers = dims.heads, dims.layers
-
     def check_config(self, config: BertConfig) -> None:
-        if config.hidden_size % config.num_attention_heads:
-            raise GrowError(
-                f"num_attention_heads={config.num_attention_heads} does not divide hidden_size={config.hidden_size}"
-            )
+        super().check_config(config)
         if getattr(config, "add_cross_attention", False):
             raise GrowError("BERT with cross-attention (add_cross_attention=True) is not supported")
 
@@ -87,9 +57,6 @@ class BertAdapter(Adapter):
     @staticmethod
     def _tied(prefix: str, config: BertConfig) -> bool:
         return bool(prefix) and bool(getattr(config, "tie_word_embeddings", False))
-
-    def extra_specs(self) -> dict[str, tuple[str, ...]]:
-        return {"lm_head_bias": ("V",), "mlm_bias": ("V",)}
 
     def extra_to_canonical(self, sd, prefix, config):
         if PRED + "bias" not in sd:
@@ -105,6 +72,3 @@ class BertAdapter(Adapter):
             # one parameter under two names: HF fills decoder.bias from it
             return {PRED + "bias": tensors["lm_head_bias"]}
         return {PRED + "decoder.bias": tensors["lm_head_bias"], PRED + "bias": tensors["mlm_bias"]}
-
-    def tied_specs(self, specs):
-        return {"head_norm": ("D.in",), "head_norm_bias": ("D.in",)}

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import GPT2Config
 
-from ..core.canonical import Dims
-from .base import Adapter, Entry
+from .base import Adapter, Entry, linear, norm
 
 LAYER = "h.{i}."
 
@@ -13,56 +12,23 @@ LAYER = "h.{i}."
 class GPT2Adapter(Adapter):
     family = "gpt2"
     model_type = "gpt2"
+    ffn_field = "n_inner"
     layer_entries = (
-        Entry("layer.norm1", LAYER + "ln_1.weight", ("D.out",)),
-        Entry("layer.norm1_bias", LAYER + "ln_1.bias", ("D.out",)),
-        Entry("layer.o", LAYER + "attn.c_proj.weight", ("Q.in", "D.out")),
-        Entry("layer.o_bias", LAYER + "attn.c_proj.bias", ("D.out",)),
-        Entry("layer.norm2", LAYER + "ln_2.weight", ("D.out",)),
-        Entry("layer.norm2_bias", LAYER + "ln_2.bias", ("D.out",)),
-        Entry("layer.mlp_in", LAYER + "mlp.c_fc.weight", ("D.in", "F.out")),
-        Entry("layer.mlp_in_bias", LAYER + "mlp.c_fc.bias", ("F.out",)),
-        Entry("layer.mlp_out", LAYER + "mlp.c_proj.weight", ("F.in", "D.out")),
-        Entry("layer.mlp_out_bias", LAYER + "mlp.c_proj.bias", ("D.out",)),
+        *norm("layer.norm1", LAYER + "ln_1"),
+        *linear("layer.o", LAYER + "attn.c_proj", layout="raw"),
+        *norm("layer.norm2", LAYER + "ln_2"),
+        *linear("layer.mlp_in", LAYER + "mlp.c_fc", layout="raw"),
+        *linear("layer.mlp_out", LAYER + "mlp.c_proj", layout="raw"),
     )
     global_entries = (
-        Entry("tok_emb", "wte.weight", ("V", "D.out")),
-        Entry("pos_emb", "wpe.weight", ("P", "D.out")),
-        Entry("final_norm", "ln_f.weight", ("D.out",)),
-        Entry("final_norm_bias", "ln_f.bias", ("D.out",)),
-        Entry("lm_head", "lm_head.weight", ("D.in", "V"), layout="linear", head=True),
+        Entry("tok_emb", "wte.weight"),
+        Entry("pos_emb", "wpe.weight"),
+        *norm("final_norm", "ln_f"),
+        Entry("lm_head", "lm_head.weight", "linear", head=True),
     )
 
-    def dims(self, config: GPT2Config) -> Dims:
-        hidden = config.n_embd
-        return Dims(
-            hidden=hidden,
-            ffn=config.n_inner or 4 * hidden,
-            heads=config.n_head,
-            kv_heads=config.n_head,
-            head_dim=hidden // config.n_head,
-            layers=config.n_layer,
-        )
-
-    def write_dims(self, config: GPT2Config, dims: Dims) -> None:
-        config.n_embd, config.n_inner = dims.hidden, dims.ffn
-        config.n_head, config.n_layer = dims.heads, dims.layers
-
-    def check_config(self, config: GPT2Config) -> None:
-        from ..core.errors import GrowError
-
-        if config.n_embd % config.n_head:
-            raise GrowError(f"n_head={config.n_head} does not divide n_embd={config.n_embd}")
-
-    def extra_specs(self) -> dict[str, tuple[str, ...]]:
-        return {
-            "layer.q": ("L", "D.in", "Q.out"),
-            "layer.k": ("L", "D.in", "K.out"),
-            "layer.v": ("L", "D.in", "K.out"),
-            "layer.q_bias": ("L", "Q.out"),
-            "layer.k_bias": ("L", "K.out"),
-            "layer.v_bias": ("L", "K.out"),
-        }
+    def ffn_size(self, config: GPT2Config) -> int:
+        return config.n_inner or 4 * config.n_embd
 
     def extra_to_canonical(self, sd, prefix, config):
         n = config.n_layer
@@ -80,6 +46,3 @@ class GPT2Adapter(Adapter):
             for i in range(config.n_layer):
                 out[f"{prefix}h.{i}.attn.c_attn.{suffix}"] = fused[i]
         return out
-
-    def tied_specs(self, specs):
-        return {"final_norm": ("D.in",), "final_norm_bias": ("D.in",)}

@@ -9,7 +9,8 @@ from transformers import PretrainedConfig
 
 from ..arch import adapter_for
 from ..core.errors import GrowError
-from ..io import load_config, load_pretrained, model_class, save_pretrained
+from ..estimate import parameter_count
+from ..io import load_pretrained, save_pretrained
 
 #: files besides weights and tokenizer that a grown model keeps from its source
 CARRIED_FILES = ("preprocessor_config.json", "generation_config.json")
@@ -25,13 +26,6 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def parameter_count(config: PretrainedConfig) -> int:
-    """Parameters of the model ``config`` describes, counted on the meta device without allocating it."""
-    from ..estimate import parameter_count as count
-
-    return count(config)
 
 
 def default_seq_len(config: PretrainedConfig, seq_len: int | None) -> int:

@@ -5,7 +5,8 @@ import argparse
 from pathlib import Path
 
 from ..arch import adapter_for
-from .common import load_config, parameter_count
+from ..estimate import parameter_count
+from ..io import load_config
 
 
 def add_parser(sub) -> None:

@@ -27,6 +27,32 @@ import torch
 
 GROWABLE = ("D", "F", "Q", "K")
 
+_PER_LAYER: dict[str, tuple[str, ...]] = {
+    "q": ("D.in", "Q.out"), "q_bias": ("Q.out",),
+    "k": ("D.in", "K.out"), "k_bias": ("K.out",),
+    "v": ("D.in", "K.out"), "v_bias": ("K.out",),
+    "o": ("Q.in", "D.out"), "o_bias": ("D.out",),
+    "mlp_in": ("D.in", "F.out"), "mlp_in_bias": ("F.out",),
+    "mlp_gate": ("D.in", "F.out"), "mlp_gate_bias": ("F.out",),
+    "mlp_out": ("F.in", "D.out"), "mlp_out_bias": ("D.out",),
+    "norm1": ("D.out",), "norm1_bias": ("D.out",),
+    "norm2": ("D.out",), "norm2_bias": ("D.out",),
+}  # fmt: skip
+
+#: every role's axis spec: the same in every family, so adapters only say where a role lives
+ROLE_SPECS: dict[str, tuple[str, ...]] = {
+    **{f"layer.{role}": ("L",) + spec for role, spec in _PER_LAYER.items()},
+    "tok_emb": ("V", "D.out"), "pos_emb": ("P", "D.out"), "type_emb": ("T", "D.out"),
+    "cls": ("D.out",), "patch": ("C", "D.out"), "patch_bias": ("D.out",),
+    "emb_norm": ("D.out",), "emb_norm_bias": ("D.out",),
+    "final_norm": ("D.out",), "final_norm_bias": ("D.out",),
+    "pooler": ("D.in", "D.out"), "pooler_bias": ("D.out",),
+    "head_dense": ("D.in", "D.out"), "head_dense_bias": ("D.out",),
+    "head_norm": ("D.out",), "head_norm_bias": ("D.out",),
+    "lm_head": ("D.in", "V"), "lm_head_bias": ("V",), "mlm_bias": ("V",),
+    "classifier": ("D.in", "N"), "classifier_bias": ("N",),
+}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Dims:
