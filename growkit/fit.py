@@ -3,6 +3,15 @@
 The target's weights are never parameters here: each step materialises them from
 the operator and runs the target through ``torch.func.functional_call``, so the
 gradient reaches only the operator (and the frozen source stays untouched).
+
+Under a multi-process launch the operator is replicated (rank 0's parameters are
+broadcast at the start), every process computes the target's loss on its block
+of each global batch, weighted by its share of the batch's items, and the
+operator's gradients are summed over the processes in one flat all-reduce: the
+update, and so the fitted operator, is the single-process one (see
+:mod:`growkit.distributed`). Only rank 0 writes fit checkpoints. On CUDA the
+target's forward runs under bf16 autocast; the operator's own forward (the
+materialisation) always runs in fp32 (see :mod:`growkit.device`).
 """
 from __future__ import annotations
 
@@ -17,9 +26,11 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from . import distributed
 from .arch import Adapter
-from .checkpoint import all_finite, load_state, numbered, prune, rng_state, save_state, set_rng_state
+from .checkpoint import all_finite, digest_tensors, load_state, numbered, prune, rng_state, save_state, set_rng_state
 from .core.errors import GrowError
+from .device import DEVICES, autocast_context, resolve_device, use_attention
 from .ops.operator import GrowthOperator
 
 
@@ -39,6 +50,7 @@ class FitConfig:
     weight_decay: float = 0.0
     clip: float = 1.0
     progress: bool = True
+    device: str = "cpu"  #: "cpu", "cuda" or "auto"; on CUDA the target's forward runs in bf16 autocast
 
 
 class FitWarning(UserWarning):
@@ -76,11 +88,23 @@ def batch_stream(data: Any, seed: int = 0, start: int = 0) -> Iterator[dict]:
             raise GrowError("the training data yielded no batches")
 
 
-def target_loss(operator: GrowthOperator, model: torch.nn.Module, adapter: Adapter, batch: dict) -> torch.Tensor:
-    """The target model's loss on ``batch`` with the operator's current weights."""
+def target_output(operator: GrowthOperator, model: torch.nn.Module, adapter: Adapter, batch: dict,
+                  device: str | torch.device = "cpu") -> Any:
+    """The target model's output on ``batch`` with the operator's current weights.
+
+    The operator materialises the weights in fp32; only the target's forward runs
+    under ``device``'s autocast (bf16 on CUDA, none on the CPU).
+    """
     tensors = operator()
     params = adapter.hf_state_dict(tensors, model, operator.source_meta.tied)
-    out = functional_call(model, params, args=(), kwargs=batch, strict=False)
+    with autocast_context(device):
+        return functional_call(model, params, args=(), kwargs=batch, strict=False)
+
+
+def target_loss(operator: GrowthOperator, model: torch.nn.Module, adapter: Adapter, batch: dict,
+                device: str | torch.device = "cpu") -> torch.Tensor:
+    """The target model's loss on ``batch`` with the operator's current weights."""
+    out = target_output(operator, model, adapter, batch, device)
     if getattr(out, "loss", None) is None:
         raise GrowError("the model returned no loss: the batches need labels")
     return out.loss
@@ -88,6 +112,10 @@ def target_loss(operator: GrowthOperator, model: torch.nn.Module, adapter: Adapt
 
 def _copy_state(operator: GrowthOperator) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in operator.state_dict().items()}
+
+
+def _on(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _settings(config: FitConfig, seed: int) -> dict:
@@ -130,6 +158,17 @@ def fit(
     config = config or FitConfig()
     if checkpoint_every < 0:
         raise GrowError(f"checkpoint_every must not be negative, got {checkpoint_every}")
+    if config.device not in DEVICES:
+        raise GrowError(f"device must be one of {', '.join(DEVICES)}, got {config.device!r}")
+    device = resolve_device(config.device)
+    distributed.setup(device)
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    if device.type != "cpu":
+        operator.to(device)
+        model.to(device)
+    use_attention(model, device)
+    distributed.broadcast_parameters(operator)  # a replica per process, all starting as rank 0's
+    causal = distributed.is_causal(getattr(getattr(model, "config", None), "model_type", ""))
     params = [p for p in operator.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(config.warmup, 1)
@@ -156,26 +195,43 @@ def fit(
         result.seconds = state["seconds"]
 
     def save(step: int) -> None:
-        save_state(
-            Path(checkpoint_dir) / f"{CHECKPOINT_PREFIX}{step}{CHECKPOINT_SUFFIX}",
-            {"step": step, "operator": operator.state_dict(), "last_good": last_good,
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-             "losses": result.losses, "seconds": result.seconds + time.perf_counter() - start, "settings": settings},
-        )
-        prune(Path(checkpoint_dir), CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX, keep=1)
+        rngs = distributed.gather_objects(rng_state())  # every process's dropout stream
+        if main:
+            extra = {"rng_ranks": rngs} if world > 1 else {}
+            save_state(
+                Path(checkpoint_dir) / f"{CHECKPOINT_PREFIX}{step}{CHECKPOINT_SUFFIX}",
+                {"step": step, "operator": operator.state_dict(), "last_good": last_good,
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs[0],
+                 "losses": result.losses, "seconds": result.seconds + time.perf_counter() - start,
+                 "settings": settings, **extra},
+            )
+            prune(Path(checkpoint_dir), CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX, keep=1)
+        distributed.barrier()  # a checkpoint on disk is one every process has passed
 
     model.train()
-    bar = tqdm(range(done, config.steps), desc="fit", disable=not config.progress, leave=False,
+    bar = tqdm(range(done, config.steps), desc="fit", disable=not (config.progress and main), leave=False,
                total=config.steps, initial=done)
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed + rank)  # dropout: one stream per process (the data order is the global one)
         if state is not None:
-            set_rng_state(state["rng"])
+            saved = state.get("rng_ranks") or [state["rng"]]
+            set_rng_state(saved[rank] if rank < len(saved) else saved[0])
         stream = batch_stream(data, seed, start=done)
         for step in bar:
-            loss = target_loss(operator, model, adapter, next(stream))
-            value = loss.item()
+            full = next(stream)
+            if world == 1:
+                loss = target_loss(operator, model, adapter, _on(full, device), device)
+                value = loss.item()
+            else:
+                distributed.check_batch(distributed.batch_rows(full))
+                if step == done:
+                    distributed.check_same(digest_tensors(full), "the first training batch")
+                part, weight, items = distributed.shard(full, causal)
+                loss = distributed.weighted_loss(target_output(operator, model, adapter, _on(part, device), device),
+                                                 weight, items)
+                value = distributed.all_reduce_sum(loss.detach().float().clone()).item()  # the global batch's loss
             if not math.isfinite(value):
                 operator.load_state_dict(last_good)
                 result.diverged_at = step
@@ -187,6 +243,7 @@ def fit(
             last_good = _copy_state(operator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.all_reduce_grads(params)  # the weighted losses' gradients sum to the global batch's
             if config.clip:
                 torch.nn.utils.clip_grad_norm_(params, config.clip)
             optimizer.step()
@@ -199,4 +256,7 @@ def fit(
                 save(finished)
     result.seconds += time.perf_counter() - start
     model.eval()
+    if device.type != "cpu":  # hand back CPU modules: the grown model is built and saved from the operator
+        operator.to("cpu")
+        model.to("cpu")
     return result

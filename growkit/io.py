@@ -150,9 +150,11 @@ def save_pretrained(
     overwrite: bool = False,
     state: dict | None = None,
     extra_files: list[Path] = (),
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``model`` (safetensors), its tokenizer, an optional training ``state`` and copies of
-    ``extra_files`` (e.g. a preprocessor config) to ``folder``.
+    ``extra_files`` (e.g. a preprocessor config) to ``folder``. ``state_dict``
+    replaces the model's own weights (FSDP: the full weights gathered from the shards).
 
     A non-empty ``folder`` is refused unless ``overwrite``. Files are written to a
     hidden sibling folder first and renamed into place, so ``folder`` holds either
@@ -168,7 +170,10 @@ def save_pretrained(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with _quiet():
-            model.save_pretrained(str(tmp))
+            if state_dict is None:
+                model.save_pretrained(str(tmp))
+            else:
+                model.save_pretrained(str(tmp), state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         if state is not None:

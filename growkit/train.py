@@ -6,6 +6,14 @@ through this same loop, so their curves differ only by the initial weights:
 the data order comes from ``TaskData.train_batches(seed)`` and the evaluation
 set is fixed. The loop syncs with the device once per logged step (the loss),
 and the clock it reports counts training only, not evaluation or checkpoints.
+
+Under a multi-process launch (``torchrun``/``accelerate launch``) Accelerate wraps
+the model in DDP (or FSDP, with an FSDP config), every process trains on its
+block of each global batch with its loss weighted by its share of the batch's
+items, so the update is the single-process one (see :mod:`growkit.distributed`);
+losses are reduced over the processes and only rank 0 writes. On CUDA the forward
+runs under bf16 autocast (Accelerate's mixed precision) with SDPA attention; on
+the CPU everything stays fp32 (see :mod:`growkit.device`).
 """
 from __future__ import annotations
 
@@ -20,12 +28,15 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from .checkpoint import all_finite, atomic_write_text, numbered, prune, rng_state, set_rng_state
+from . import distributed
+from .checkpoint import all_finite, atomic_write_text, digest_tensors, numbered, prune, rng_state, set_rng_state
 from .core.errors import GrowError
 from .data import TaskData
+from .device import DEVICES, precision, resolve_device, use_attention
 from .flops import batch_tokens, flops_per_batch
 from .io import STATE_FILE, load_pretrained, load_training_state, save_pretrained
 
@@ -49,7 +60,7 @@ class TrainConfig:
     checkpoint_every: int = 0  #: a checkpoint every N steps (0: none); out_dir always gets the final model
     keep_checkpoints: int = 0  #: keep only the newest K checkpoints (0: keep all)
     seed: int = 0  #: seeds the data order and dropout
-    device: str = "cpu"  #: "cpu", or "auto" for the accelerator Accelerate finds (GPU when there is one)
+    device: str = "cpu"  #: "cpu", "cuda", or "auto" (a GPU when there is one); CUDA trains in bf16 autocast
     progress: bool | None = None  #: tqdm bar; None: only when stderr is a terminal
 
     def check(self) -> None:
@@ -57,8 +68,9 @@ class TrainConfig:
             raise GrowError(f"steps must be at least 1, got {self.steps}")
         if self.schedule not in SCHEDULES:
             raise GrowError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
-        if self.device not in ("cpu", "auto"):
-            raise GrowError(f"device must be 'cpu' or 'auto', got {self.device!r}")
+        if self.device not in DEVICES:
+            raise GrowError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        resolve_device(self.device)  # "cuda" without a GPU is refused here, before any work
         for name in ("warmup", "eval_every", "checkpoint_every", "keep_checkpoints", "clip", "weight_decay"):
             if getattr(self, name) < 0:
                 raise GrowError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -106,13 +118,41 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
 
-def evaluate(model: torch.nn.Module, batches: list[dict], device: torch.device) -> float:
-    """Mean loss over the fixed eval batches, in eval mode (no dropout)."""
+def evaluate(model: torch.nn.Module, batches: list[dict], device: torch.device, causal: bool | None = None) -> float:
+    """Mean loss over the fixed eval batches, in eval mode (no dropout).
+
+    Under several processes each one evaluates its block of every batch and the
+    weighted losses are summed over the processes, which gives the single-process
+    value (``causal`` says how to count a batch's loss items; read from the
+    model's config when None). Every process runs the same forwards (a process
+    whose block of a short batch is empty runs one row with weight 0), which
+    FSDP needs.
+    """
     model.eval()
     with torch.no_grad():
-        losses = [model(**{k: v.to(device) for k, v in b.items()}).loss for b in batches]
+        if distributed.world_size() == 1:
+            losses = [model(**{k: v.to(device) for k, v in b.items()}).loss for b in batches]
+            model.train()
+            return torch.stack(losses).mean().item()
+        if causal is None:
+            causal = distributed.is_causal(_config(model).model_type)
+        parts = []
+        for b in batches:
+            part, weight, items = distributed.shard(b, causal)
+            if distributed.batch_rows(part) == 0:
+                part, weight, items = {k: v[:1] for k, v in b.items()}, 0.0, 0
+            out = model(**{k: v.to(device) for k, v in part.items()})
+            parts.append(distributed.weighted_loss(out, weight, items).detach().float())
+        total = distributed.all_reduce_sum(torch.stack(parts))
     model.train()
-    return torch.stack(losses).mean().item()
+    return total.mean().item()
+
+
+def _config(model: torch.nn.Module):
+    """The HF config of ``model``, through a DDP/FSDP wrapper."""
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
+    return model.config
 
 
 def _prepare_out(out_dir: Path | None, resume: bool) -> Path | None:
@@ -197,8 +237,13 @@ def train(
     Without a checkpoint the run starts over.
     """
     cfg.check()
-    out_dir = _prepare_out(out_dir, resume)
-    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    distributed.setup(device)
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    if world > 1:
+        distributed.check_batch(data.batch_size)
+    out_dir = distributed.on_main(_prepare_out, out_dir, resume)  # rank 0 creates it; its refusal stops every rank
+    torch.manual_seed(cfg.seed + rank)  # dropout: one stream per process (the data order is the global one)
     done, state = 0, None
     found = latest_checkpoint(out_dir) if resume else None
     if found is not None:
@@ -207,16 +252,28 @@ def train(
         if _comparable(state.get("config", {})) != _comparable(asdict(cfg)):
             raise GrowError(f"{folder} was written with other training settings; rerun the same command, or start in a new folder")
         _restore(model, folder)
-    accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision="no")
+    use_attention(model, device)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=precision(device).mixed_precision)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp and out_dir and cfg.checkpoint_every:
+        raise GrowError("resumable checkpoints are not supported under FSDP (the optimiser state is sharded); "
+                        "pass --checkpoint-every 0: the final model is still written, gathered on rank 0")
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # world > 1: DDP (or FSDP, which shards the weights here) around the model; parameters start as rank 0's.
+    # The scheduler is not prepared: Accelerate's would step it once per process, but a step here is one global batch.
+    model, optimizer = accelerator.prepare(model, optimizer)
     config, device = accelerator.unwrap_model(model).config, accelerator.device
+    causal = distributed.is_causal(config.model_type)
     result = TrainResult(flops=flops_offset, seconds=seconds_offset)
     if resume:
         # Keep the records up to the checkpoint; later ones (and a line cut by a kill) are redone.
-        kept = [r for r in read_metrics(out_dir / "metrics.jsonl") if r["step"] <= done] if state else []
-        atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        def trim() -> list[dict]:
+            kept = [r for r in read_metrics(out_dir / "metrics.jsonl") if r["step"] <= done] if state else []
+            atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+            return kept
+
+        kept = distributed.on_main(trim)
         result.history = kept
         result.eval_loss = next((r["eval_loss"] for r in reversed(kept) if "eval_loss" in r), math.nan)
     if state is not None:
@@ -226,33 +283,51 @@ def train(
 
     def record(rec: dict) -> None:
         result.history.append(rec)
-        if out_dir:  # appended as it comes, so a killed run keeps its curve
+        if out_dir and main:  # appended as it comes, so a killed run keeps its curve
             with (out_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(rec) + "\n")
 
     def checkpoint(folder: Path, step: int) -> None:
-        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng_state(), "flops": result.flops, "seconds": result.seconds, "config": asdict(cfg)}
-        save_pretrained(accelerator.unwrap_model(model), folder, data.tokenizer, overwrite=True, state=state)
+        rngs = distributed.gather_objects(rng_state())  # every process's dropout stream, for an exact resume
+        weights = accelerator.get_state_dict(model) if fsdp else None  # FSDP: gathered from the shards (collective)
+        if main:
+            state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "rng": rngs[0], "flops": result.flops, "seconds": result.seconds, "config": asdict(cfg)}
+            if world > 1:
+                state["rng_ranks"] = rngs
+            if fsdp:  # the optimiser state is sharded: the final model is written without a resumable state
+                state = None
+            save_pretrained(accelerator.unwrap_model(model), folder, data.tokenizer, overwrite=True, state=state,
+                            state_dict=weights)
+        distributed.barrier()  # a checkpoint on disk is one every process has passed
 
     if cfg.eval_every and state is None:
-        record({"step": 0, "eval_loss": evaluate(model, data.eval_batches, device),
+        record({"step": 0, "eval_loss": evaluate(model, data.eval_batches, device, causal),
                 "flops": result.flops, "seconds": result.seconds})
     model.train()
     if state is not None:
-        set_rng_state(state["rng"])
+        saved = state.get("rng_ranks") or [state["rng"]]
+        set_rng_state(saved[rank] if rank < len(saved) else saved[0])
     stream = data.train_batches(cfg.seed, start=done)
     first = next(stream)  # every train batch has this shape, so one count serves all steps
+    # counted for the global batch: the FLOPs and tokens of all processes together
     step_flops, step_tokens = flops_per_batch(config, first), batch_tokens(config, first)
+    if world > 1:
+        distributed.check_same(digest_tensors(first), "the first training batch")
     stream = itertools.chain([first], stream)
     bar = tqdm(total=cfg.steps, initial=done, desc="train",
-               disable=not (sys.stderr.isatty() if cfg.progress is None else cfg.progress))
+               disable=not main or not (sys.stderr.isatty() if cfg.progress is None else cfg.progress))
     loss_sum, count, tokens = torch.zeros((), device=device), 0, 0
     start = time.perf_counter()
     for step in range(done + 1, cfg.steps + 1):
-        batch = {k: v.to(device) for k, v in next(stream).items()}
-        loss = model(**batch).loss
-        accelerator.backward(loss)
+        if world == 1:
+            batch = {k: v.to(device) for k, v in next(stream).items()}
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+        else:  # this process's block; DDP averages the gradients, so world * weight makes them sum to the global one
+            part, weight, items = distributed.shard(next(stream), causal)
+            loss = distributed.weighted_loss(model(**{k: v.to(device) for k, v in part.items()}), weight, items)
+            accelerator.backward(loss * world)
         if cfg.clip:
             accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
         optimizer.step()
@@ -268,6 +343,7 @@ def train(
         saving = bool(out_dir) and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last
         if step % cfg.log_every and not evaluating and not saving:  # a checkpoint closes a record
             continue
+        distributed.all_reduce_sum(loss_sum)  # several processes: their weighted losses sum to the global mean
         mean_loss = (loss_sum / count).item()  # the one device sync
         elapsed = time.perf_counter() - start
         result.seconds += elapsed
@@ -277,17 +353,18 @@ def train(
             result.diverged_at = step
             record(rec)
             break
-        if (saving or last) and out_dir and not all_finite(model.parameters()):
+        if (saving or last) and out_dir and not distributed.all_true(all_finite(model.parameters())):
             result.diverged_at = step  # finite loss but the update broke the weights: keep the last checkpoint
             record(rec)
             break
         if evaluating:
-            rec["eval_loss"] = result.eval_loss = evaluate(model, data.eval_batches, device)
+            rec["eval_loss"] = result.eval_loss = evaluate(model, data.eval_batches, device, causal)
         record(rec)
         bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
         if saving:
             checkpoint(out_dir / f"checkpoint-{step}", step)
-            prune(out_dir, "checkpoint-", keep=cfg.keep_checkpoints)
+            if main:
+                prune(out_dir, "checkpoint-", keep=cfg.keep_checkpoints)
         loss_sum.zero_()
         count, tokens = 0, 0
         start = time.perf_counter()

@@ -16,6 +16,10 @@ their FLOPs are measured (one fit step under ``count_flops`` times the steps
 taken, plus the final materialisation) and their wall time is the whole
 ``grow`` call; both are passed to the training loop as offsets, so the curves
 start at the operator's cost.
+
+Under a multi-process launch every run is distributed (all processes take part
+in every fit and every training run, see :mod:`growkit.distributed`) and only
+rank 0 writes to OUT.
 """
 from __future__ import annotations
 
@@ -29,10 +33,12 @@ from typing import Callable
 
 import torch
 
+from .. import distributed
 from ..api import grow
 from ..arch import adapter_for
 from ..core.errors import GrowError
 from ..data import TaskData, build_task_data, embedded_text, load_tokenizer, read_text, train_bpe
+from ..device import resolve_device
 from ..fit import FitConfig, target_loss
 from ..flops import count_flops, flops_per_batch, measure_flops, params_count
 from ..io import load_pretrained, model_class
@@ -192,8 +198,10 @@ class Runner:
                 raise GrowError(f"{folder} was trained with other settings; delete it or choose another --out")
             self.log(f"[seed {seed}] source: reusing {folder} (eval loss {record['eval_loss']:.4f})")
         else:
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+            if distributed.is_main():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+            distributed.barrier()
             config = _source_config(self.spec, data)
             torch.manual_seed(seed)
             model = model_class(config)(config)
@@ -206,8 +214,9 @@ class Runner:
             record = {"seed": seed, "fingerprint": self.fingerprint, "size": str(self.preset.source),
                       "params": params_count(config), "eval_loss": result.eval_loss, "flops": result.flops,
                       "seconds": result.seconds, "steps": budget.steps, "history": result.history}
-            _write_json(folder / "source.json", record)
-            (folder / DONE).write_text("done\n")
+            if distributed.is_main():
+                _write_json(folder / "source.json", record)
+                (folder / DONE).write_text("done\n")
             self.log(f"[seed {seed}] source: eval loss {result.eval_loss:.4f}, {result.flops:.3g} FLOPs, "
                      f"{result.seconds:.0f} s")
         return load_pretrained(folder / "train" / "final"), record
@@ -253,8 +262,10 @@ class Runner:
                 )
             self.log(f"[seed {seed}] {entry}: done before (eval loss {record['eval_loss']:.4f}); reusing")
             return record
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        if distributed.is_main():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        distributed.barrier()
         p = self.preset
         target_config = p.target_config(source.config)
         fit = None
@@ -265,7 +276,7 @@ class Runner:
         elif learned:
             per_step, materialise = self._fit_flops(source, target_config, method, data, seed, options)
             fit_steps, fit_lr = settings["fit_steps"], settings["fit_lr"]
-            fit_config = FitConfig(steps=fit_steps, lr=fit_lr, progress=bool(self.spec.progress))
+            fit_config = FitConfig(steps=fit_steps, lr=fit_lr, progress=bool(self.spec.progress), device=p.device)
             self.log(f"[seed {seed}] {entry}: fitting the operator for {fit_steps} steps")
             start = time.perf_counter()
             model, result = grow(source, target_config, method, seed=seed, data=data, fit_config=fit_config,
@@ -290,15 +301,16 @@ class Runner:
         cfg = p.budget.config(seed, p.device, self.spec.progress)
         self.log(f"[seed {seed}] {entry}: training {cfg.steps} steps")
         result = train(model, data, cfg, folder / "train", flops_offset=fit_flops, seconds_offset=grow_seconds)
-        if not self.spec.keep_models and result.final_dir is not None:
+        if not self.spec.keep_models and result.final_dir is not None and distributed.is_main():
             shutil.rmtree(result.final_dir, ignore_errors=True)
         record = {"method": entry, "base_method": method, "seed": seed, "fingerprint": self.fingerprint,
                   "run_settings": settings, "eval_loss": result.eval_loss,
                   "flops": result.flops, "seconds": result.seconds, "diverged_at": result.diverged_at,
                   "grow_seconds": grow_seconds, "fit_flops": fit_flops, "fit": fit, "options": options,
                   "params": params_count(target_config), "train_flops_check": measured, "history": result.history}
-        _write_json(folder / "run.json", record)
-        (folder / DONE).write_text("done\n")
+        if distributed.is_main():
+            _write_json(folder / "run.json", record)
+            (folder / DONE).write_text("done\n")
         self.trained.append((seed, entry))
         self.log(f"[seed {seed}] {entry}: eval loss {result.eval_loss:.4f} after {cfg.steps} steps, "
                  f"{result.seconds:.0f} s" + (f" (diverged at step {result.diverged_at})" if result.diverged_at else ""))
@@ -306,6 +318,7 @@ class Runner:
 
     # --- everything ----------------------------------------------------------------
     def run(self) -> BenchResult:
+        distributed.setup(resolve_device(self.preset.device))
         threads = torch.get_num_threads()
         if self.spec.threads:
             torch.set_num_threads(self.spec.threads)
@@ -319,8 +332,8 @@ class Runner:
         methods, skipped = resolve_methods(spec.methods)
         for note in skipped.values():
             self.log(f"note: {note}")
-        _check_settings(spec, self.out)
-        data = load_data(spec, self.out)
+        distributed.on_main(_check_settings, spec, self.out)
+        data = distributed.main_first(lambda: load_data(spec, self.out))  # rank 0 saves the tokenizer, the others load it
         runs: dict[int, dict[str, dict]] = {}
         sources: dict[int, dict] = {}
         config = None

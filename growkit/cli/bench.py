@@ -131,10 +131,17 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import run_bench
     from ..bench.report import text_table, write_report
 
+    from .. import distributed
+    from ..device import resolve_device
+
     spec = build_spec(args)
     out = args.out or Path("runs") / f"bench-{args.family}-{args.preset}"
     start = time.perf_counter()
-    result = run_bench(spec, out, log=lambda line: print(line, flush=True))
+    distributed.setup(resolve_device(spec.preset.device))  # under torchrun / accelerate launch: every run is distributed
+    main = distributed.is_main()
+    result = run_bench(spec, out, log=lambda line: print(line, flush=True) if main else None)
+    if not main:  # rank 0 writes the report
+        return 0
     summary = write_report(result, plots=not args.no_plots)
     print()
     print(text_table(summary))

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from pathlib import Path
 
+from .. import distributed
 from ..api import grow
 from ..arch import adapter_for
 from ..checkpoint import LOCK_FILE, check_same_run, digest_model_folder, remove, run_lock, write_run
 from ..core.errors import GrowError
+from ..device import DEVICES, resolve_device
 from ..estimate import check_memory, fit_estimate, fixed_estimate
 from ..fit import FitConfig, FitWarning, latest_fit_checkpoint
 from ..io import load_config
@@ -54,7 +57,8 @@ def add_parser(sub) -> None:
             "  growkit grow small/ big/ --method exact --hidden 256 --layers 8\n"
             "  growkit grow small/ big/ --method stackbert --width aki --layers 8\n"
             "  growkit grow small/ big/ --method mango --rank 1 --layers 8 --hidden 256 --data corpus.txt --steps 100\n"
-            "  growkit grow small/ big/ --method ligo --layers 8 --dry-run"
+            "  growkit grow small/ big/ --method ligo --layers 8 --dry-run\n"
+            "  torchrun --nproc_per_node 2 -m growkit grow small/ big/ --method ligo --layers 8   # a 2-process fit"
         ),
     )
     p.add_argument("src", metavar="SRC_DIR", help="source model folder (save_pretrained, safetensors)")
@@ -75,6 +79,9 @@ def add_parser(sub) -> None:
     learned.add_argument("--lr", type=float, default=FitConfig.lr, help=f"the operator's learning rate (default: {FitConfig.lr})")
     learned.add_argument("--rank", type=int, help="Mango tensor-ring rank (default: 1)")
     learned.add_argument("--init", help="start from this operator (e.g. stackbert, net2net, bert2bert)")
+    learned.add_argument("--device", choices=DEVICES, default="cpu",
+                         help="where the fit runs: cpu (fp32); cuda (target forward in bf16 autocast, the operator "
+                         "in fp32); auto: cuda when there is a GPU (default cpu)")
     add_checkpoint_option(learned, CHECKPOINT_EVERY, "fit (into OUT_DIR.partial/, removed once OUT_DIR is written)")
     add_data_options(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -108,8 +115,13 @@ def run(args: argparse.Namespace) -> int:
         check_batch_size(args.batch_size)
     src, out = Path(args.src), Path(args.out)
     partial = partial_dir(out)
+    device = getattr(args, "device", "cpu")
     if not args.dry_run:
-        check_output_dir(out, args.overwrite)
+        # under torchrun / accelerate launch every process joins; a learned method's fit is split over them
+        distributed.setup(resolve_device(device) if method.learned else "cpu")
+        if method.learned:
+            distributed.check_batch(args.batch_size)
+        check_output_dir(out, args.overwrite)  # every process checks before rank 0 writes (barriers below)
     # Everything up to the estimate reads configs only: no weights are loaded or allocated yet.
     src_config = load_config(src)
     adapter = adapter_for(src_config)
@@ -125,13 +137,18 @@ def run(args: argparse.Namespace) -> int:
         print(describe("target", config))
         print_estimate(est)
         return 0
-    check_memory(est)
+    check_memory(est, device if method.learned else "cpu")
     model, tokenizer = load_model(src)
-    if not method.learned:
-        grown = grow(model, config, args.method, seed=args.seed, width=args.width, depth=args.depth, **options)
-        save_model(grown, out, src=src, tokenizer=tokenizer, overwrite=args.overwrite)
-        print(describe("grown", grown.config))
-        print(f"saved to {out}")
+    main = distributed.is_main()
+    if not method.learned:  # nothing to split: rank 0 grows and writes, the others wait for it
+        def grow_fixed() -> None:
+            grown = grow(model, config, args.method, seed=args.seed, width=args.width, depth=args.depth, **options)
+            save_model(grown, out, src=src, tokenizer=tokenizer, overwrite=args.overwrite)
+            print(describe("grown", grown.config))
+            print(f"saved to {out}")
+
+        distributed.barrier()
+        distributed.on_main(grow_fixed)
         return 0
     data = task_data(args, model.config, tokenizer)
     run_id = {
@@ -139,21 +156,30 @@ def run(args: argparse.Namespace) -> int:
         "target": {k: getattr(adapter.dims(config), k) for k in ("hidden", "ffn", "heads", "kv_heads", "head_dim", "layers")},
         "options": options, "steps": args.steps, "lr": args.lr, "seed": args.seed,
     }
-    resuming = check_same_run(partial, run_id, "fit") if partial.exists() else False
-    if not resuming and partial.exists() and any(p.name != LOCK_FILE for p in partial.iterdir()):
-        raise GrowError(f"{partial} exists and is not a growkit checkpoint folder; move or delete it")
-    partial.mkdir(parents=True, exist_ok=True)
-    with run_lock(partial):
-        write_run(partial, run_id)
-        found = latest_fit_checkpoint(partial)
-        if resuming and found:
-            print(f"resuming the fit from step {found[0]} (checkpoint in {partial})", file=sys.stderr)
-        fit_config = FitConfig(steps=args.steps, lr=args.lr, progress=sys.stderr.isatty())
+    distributed.check_same(run_id, "the source, data or settings")
+    distributed.barrier()
+    with contextlib.ExitStack() as stack:
+
+        def claim() -> None:  # rank 0 only: the checkpoint folder, its identity and its lock
+            resuming = check_same_run(partial, run_id, "fit") if partial.exists() else False
+            if not resuming and partial.exists() and any(p.name != LOCK_FILE for p in partial.iterdir()):
+                raise GrowError(f"{partial} exists and is not a growkit checkpoint folder; move or delete it")
+            partial.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(run_lock(partial))
+            write_run(partial, run_id)
+            found = latest_fit_checkpoint(partial)
+            if resuming and found:
+                print(f"resuming the fit from step {found[0]} (checkpoint in {partial})", file=sys.stderr)
+
+        distributed.on_main(claim)
+        fit_config = FitConfig(steps=args.steps, lr=args.lr, progress=sys.stderr.isatty(), device=device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FitWarning)  # reported below as an error
             grown, result = grow(model, config, args.method, seed=args.seed, data=data, fit_config=fit_config,
                                  return_fit=True, checkpoint_dir=partial, checkpoint_every=args.checkpoint_every, **options)
         if result.diverged_at is not None:
+            if not main:
+                return 1
             found = latest_fit_checkpoint(partial)
             kept = f"the last good checkpoint (after step {found[0]}) is kept in {partial}" if found else "no checkpoint was reached"
             raise GrowError(
@@ -161,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
                 f"written and {kept}; try a lower --lr"
             )
         # the grown model keeps the tokenizer it was fit with (the source's, or the BPE trained on the data)
-        save_model(grown, out, src=src, tokenizer=tokenizer or data.tokenizer, overwrite=args.overwrite)
+        distributed.on_main(save_model, grown, out, src=src, tokenizer=tokenizer or data.tokenizer, overwrite=args.overwrite)
+    if not main:
+        return 0
     remove(partial)  # renamed away first: a kill now leaves no half-deleted checkpoint folder
     print(describe("grown", grown.config))
     print(f"fit {len(result.losses)} steps: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses else "fit 0 steps")

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .. import distributed
 from ..checkpoint import check_same_run, digest_model_folder, read_run, run_lock, write_run
 from ..core.errors import GrowError
 from ..data import build_task_data, load_tokenizer
+from ..device import DEVICES, resolve_device
 from ..estimate import check_memory, train_estimate
 from ..io import load_config, load_pretrained, model_class
 from ..train import SCHEDULES, TrainConfig, latest_checkpoint, train
@@ -37,7 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "examples:\n"
             "  growkit train runs/grown --steps 200 --out runs/trained\n"
             "  growkit train runs/grown --steps 2000 --checkpoint-every 100 --out runs/long   # rerun it to resume\n"
-            "  growkit train runs/grown --steps 200 --batch-size 32 --out runs/x --dry-run"
+            "  growkit train runs/grown --steps 200 --batch-size 32 --out runs/x --dry-run\n"
+            "  torchrun --nproc_per_node 2 -m growkit train runs/grown --steps 200 --out runs/ddp   # 2 processes\n"
+            "  accelerate launch --num_processes 2 -m growkit train runs/grown --device cuda --out runs/gpu"
         ),
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", type=Path, help="folder written by save_pretrained")
@@ -53,14 +58,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help=f"final lr / peak lr (default {d.min_lr_ratio})")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
     p.add_argument("--clip", type=float, default=d.clip, help=f"gradient norm clip, 0 for none (default {d.clip})")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per step (default 16)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="examples per step, over all processes of a multi-process launch (default 16)")
     p.add_argument("--seq-len", type=int, help="tokens per example for text models (default 128, or the model's positions if fewer)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help=f"evaluate every k steps (default {d.eval_every})")
     add_checkpoint_option(p, CHECKPOINT_EVERY, "run (OUT/checkpoint-<step>)")
     p.add_argument("--keep-checkpoints", type=int, default=1, metavar="K",
                    help="keep the newest K checkpoints (default 1; 0 keeps all)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"data order and dropout seed (default {d.seed})")
-    p.add_argument("--device", choices=("cpu", "auto"), default=d.device, help="cpu, or auto to use a GPU when there is one (default cpu)")
+    p.add_argument("--device", choices=DEVICES, default=d.device,
+                   help="cpu (fp32); cuda (bf16 autocast, SDPA attention); auto: cuda when there is a GPU (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--dry-run", action="store_true",
                    help="print the parameters, a peak memory estimate and the FLOPs; load no weights, write nothing")
@@ -82,7 +89,9 @@ def _check_out(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     out = args.out
     if not args.dry_run:
-        _check_out(out)
+        distributed.setup(resolve_device(args.device))  # under torchrun / accelerate launch: join the group
+        distributed.check_batch(args.batch_size)
+        _check_out(out)  # every process checks before rank 0 writes anything (the barrier below)
     config = load_config(args.model_dir)
     name = model_class(config).__name__
     if name in HEADLESS:
@@ -114,15 +123,24 @@ def run(args: argparse.Namespace) -> int:
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
                 if k not in ("checkpoint_every", "keep_checkpoints", "progress")}
     run_id = {"command": "train", "model": digest_model_folder(args.model_dir), "data": data_digest(data), "settings": settings}
-    if out.is_dir() and any(out.iterdir()):
-        check_same_run(out, run_id, "training run")
-    out.mkdir(parents=True, exist_ok=True)
-    with run_lock(out):
-        write_run(out, run_id)
-        found = latest_checkpoint(out)
-        if found:
-            print(f"resuming from step {found[0]} ({found[1]})", file=sys.stderr)
+    distributed.check_same(run_id, "the model, data or settings")
+    distributed.barrier()
+    with contextlib.ExitStack() as stack:
+
+        def claim() -> None:  # rank 0 only: the run folder, its identity and its lock
+            if out.is_dir() and any(out.iterdir()):
+                check_same_run(out, run_id, "training run")
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(run_lock(out))
+            write_run(out, run_id)
+            found = latest_checkpoint(out)
+            if found:
+                print(f"resuming from step {found[0]} ({found[1]})", file=sys.stderr)
+
+        distributed.on_main(claim)
         result = train(model, data, cfg, out, resume=True)
+    if not distributed.is_main():  # rank 0 reports (and the launcher sees its exit code)
+        return 0 if result.diverged_at is None else 1
     if result.diverged_at is not None:
         found = latest_checkpoint(out)
         kept = f"the last good checkpoint (after step {found[0]}) is kept in {found[1]}" if found else "no checkpoint was reached"

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..core.canonical import Canonical, Dims
+from ..device import fp32_region
 
 
 class GrowthOperator(nn.Module):
@@ -13,7 +14,15 @@ class GrowthOperator(nn.Module):
     The source weights are held as buffers (frozen: they never receive gradients);
     only the operator's own parameters are fit. ``materialize`` gives the plain
     target weights once fitting is done, after which the operator is thrown away.
+
+    The forward always computes in fp32: calling the operator turns off any
+    active autocast (see :mod:`growkit.device`), so a bf16 region around the
+    target's forward never reaches the contraction that builds its weights.
     """
+
+    def __call__(self, *args, **kwargs):
+        with fp32_region():
+            return super().__call__(*args, **kwargs)
 
     def __init__(self, source: Canonical, target_dims: Dims):
         super().__init__()
