@@ -255,3 +255,19 @@ def test_variant_parsing():
 
     with pytest.raises(GrowError, match="learned"):
         runner.resolve_methods(["exact+fit_steps=3"])
+
+
+def test_cli_demo_runs_the_reduced_bench(tmp_path, capsys, monkeypatch):
+    from growkit.bench import presets
+    from growkit.cli import main
+    from growkit.cli.demo import DEMO_METHODS, demo_spec
+
+    spec = demo_spec()
+    assert spec.preset.family == "gpt2" and spec.methods == list(DEMO_METHODS)
+    assert spec.preset.budget.steps < get_preset("gpt2", "tiny").budget.steps
+    monkeypatch.setattr(presets, "demo_preset", lambda: get_preset("gpt2", "smoke").replace(budget_steps=8, budget_eval_every=4))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "bert2bert" in text and "ligo" in text and "loss_vs_flops.png" in text
+    assert (out / "report.md").is_file() and (out / "loss_vs_seconds.png").is_file()

@@ -87,6 +87,7 @@ def table_rows(summary: dict) -> list[list[str]]:
     for m, t in summary["methods"].items():
         rows.append([
             m,
+            _cell(t["initial_loss"], ".3f", spread=False),
             _cell(t["final_loss"], ".4f"),
             _cell(t["steps_to_target"], ".0f", spread=False),
             _cell(t["flops_to_target"], ".3g", spread=False),
@@ -99,7 +100,7 @@ def table_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
-HEADER = ["method", "final eval loss (equal budget)", "steps to target", "FLOPs to target", "s to target",
+HEADER = ["method", "loss at start", "final eval loss (equal budget)", "steps to target", "FLOPs to target", "s to target",
           "FLOP savings", "wall savings", "fit FLOPs", "fit/grow s"]
 
 
@@ -111,7 +112,7 @@ def markdown_table(summary: dict) -> str:
 
 def text_table(summary: dict) -> str:
     """The table for a terminal."""
-    head = ["method", "final loss", "steps", "FLOPs", "s", "FLOP sav.", "wall sav.", "fit FLOPs", "fit s"]
+    head = ["method", "start", "final loss", "steps", "FLOPs", "s", "FLOP sav.", "wall sav.", "fit FLOPs", "fit s"]
     rows = [head] + table_rows(summary)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -155,7 +155,7 @@ def load_data(spec: BenchSpec, out: Path) -> TaskData:
     if p.family == "vit":
         path = None if spec.data in (None, "digits") else spec.data
         return build_task_data("vit", path=path, image_size=p.image_size, batch_size=p.batch_size,
-                               eval_batches=p.eval_batches, seed=0)
+                               eval_batches=p.eval_batches, eval_fraction=p.eval_fraction, seed=0)
     if spec.data == "digits":
         raise GrowError("'digits' is image data, for --family vit; text families take a text file or folder")
     text = read_text(spec.data) if spec.data else embedded_text(p.text_chars)
@@ -166,7 +166,7 @@ def load_data(spec: BenchSpec, out: Path) -> TaskData:
         tokenizer = train_bpe(text, p.vocab_size)
         tokenizer.save_pretrained(str(tok_dir))
     return build_task_data(p.family, text=text, tokenizer=tokenizer, seq_len=p.seq_len, batch_size=p.batch_size,
-                           eval_batches=p.eval_batches, seed=0)
+                           eval_batches=p.eval_batches, eval_fraction=p.eval_fraction, seed=0)
 
 
 def _source_config(spec: BenchSpec, data: TaskData):
