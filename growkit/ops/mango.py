@@ -26,7 +26,7 @@ Vectors and globals use the same cores and add no parameters. Every other
 tensor is placed in the same index space: its ``.in`` axis (if any) is tiled like
 a matrix row, its ``.out`` axis like a column, its layer axis is L, and the ring
 is closed with the same four cores, where an absent axis takes its core
-collapsed to an R x R matrix that every start sets to the identity on its terms:
+collapsed to an R x R matrix, chosen so that it is 1 on every term of every start:
 
 - no ``.in`` axis: S_I at source unit 0 summed over target units (a unit's
   outgoing mass: 1 for any split);
@@ -58,12 +58,15 @@ Start. Each start is a sum of c Kronecker terms placed on the ring's diagonal
 - AKI (new units take layer l+1's weights) is a second term with S_O on the new
   units only and S_L shifted by one source layer.
 - Symmetry. Copies made by one Kronecker pattern stay identical under gradient
-  descent, so ``noise`` adds, to every term's S_I, noise that sums to zero over
-  each group of copies (the copies see equal inputs, so it cancels: the start
-  computes the same function). Ring slices beyond c start with S_B = 0 and
-  random S_I, S_O, S_L; the cores' strictly upper ring entries of S_I and S_O
-  are random too, and S_L is ring-diagonal, so every extra path through the
-  ring meets a zero and the output is exact while every core gets gradients.
+  descent (at R = 1 forever), so ``noise`` (default: the fixed method's, 0.01,
+  or 0 for AKI, which breaks symmetry with knowledge) adds to every term's S_I
+  noise that sums to zero over each group of copies: the copies see equal
+  inputs, so it cancels and the start computes the same function.
+- Extra rank. Ring slices beyond c start with S_B = 0 and random S_I, S_O, S_L
+  (unit gain); the strictly upper ring entries of S_I and S_O are random too and
+  S_L is ring-diagonal. Every path through the ring other than the start's terms
+  meets a zero, so the output is exact, yet every core gets gradients (as in
+  LoRA's zero-initialised factor), and the random S_I/S_O entries break symmetry.
 
 Reachable fixed methods (``init=``; ``grow_fixed`` with the registry's width and
 depth, ``noise=0``, and Mango's selection; see :attr:`MangoOperator.copy_map`):
@@ -73,18 +76,22 @@ init           min. rank   note
 =============  ==========  ====================================================
 stackbert      1           Net2Net width, stacked layers (default)
 interpolate    1           Net2Net width, layers repeated in place
-net2net        2           identity insertion is two terms (1 if no layer is new)
-bert2bert      2           AKI is two terms (1 if no unit is new)
-exact          2           equals ``grow_fixed(..., "tile", "identity", noise=0)``
-                           bit for bit when D1 | D2, D | F with the same F/D
-                           ratio and the GQA group size is unchanged
+net2net        2           Net2Net width, identity insertion (two terms; 1 if
+                           no layer is added)
+bert2bert      2           AKI width (two terms; 1 if no unit is added), stacked
+exact          2           tiled width, identity insertion (1 if no layer is
+                           added); equals ``grow_fixed(..., "tile", "identity",
+                           noise=0)`` bit for bit when D1 | D2, D | F with the same
+                           F/D ratio and the GQA group size is unchanged
 =============  ==========  ====================================================
 
 Not reachable: growkit's own ``net2net`` selection (it draws hidden and FFN units
 independently and per unit, which shared S_I/S_O cannot express), the fixed
 operators' per-entry cancelling noise (not a Kronecker pattern), and LiGO's
-per-layer width matrices. When F is not a multiple of D, or ceil(F/D) shrinks,
-tiles are padded or dropped and the start is Net2Net only approximately.
+per-layer width matrices. Refused: heads x head_dim != hidden (heads would not
+fit the tiles) and query groups that shrink. When F is not a multiple of D, or
+ceil(F/D) shrinks, tiles are padded or dropped and the start is Net2Net only
+approximately (a warning says so).
 """
 from __future__ import annotations
 
@@ -117,38 +124,53 @@ UNREACHABLE = {
 # --- packing ------------------------------------------------------------------
 @dataclass(frozen=True)
 class AxisLayout:
-    """Where each unit of one axis sits: ``slot[u] = tile * width + position``."""
+    """Where the ``units`` of one axis sit in ``tiles`` tiles of ``width`` (zeros elsewhere).
+
+    In order by default. ``spread``: the units come in blocks of ``block`` (kv heads)
+    and block j sits at block slot j * spread. ``strided``: unit f sits in tile
+    f mod tiles at position f // tiles. Both are reshapes, not gathers: on large
+    tensors they cost a copy at most (D and Q tiles are views).
+    """
 
     tiles: int
     width: int
-    slot: Tensor
+    units: int
+    block: int = 1
+    spread: int = 1
+    strided: bool = False
 
     def pack(self, t: Tensor, dim: int) -> Tensor:
-        """Axis ``dim`` of length n -> two axes (tiles, width), zero where no unit sits."""
-        shape = list(t.shape)
-        shape[dim] = self.tiles * self.width
-        slot = self.slot.to(t.device)
-        return t.new_zeros(shape).index_copy(dim, slot, t).unflatten(dim, (self.tiles, self.width))
+        """Axis ``dim`` (the units) -> two axes (tiles, width)."""
+        x = t.movedim(dim, -1)
+        if self.spread > 1:
+            x = nn.functional.pad(x.unflatten(-1, (-1, 1, self.block)), (0, 0, 0, self.spread - 1)).flatten(-3)
+        x = nn.functional.pad(x, (0, self.tiles * self.width - x.shape[-1]))
+        if self.strided:
+            x = x.unflatten(-1, (self.width, self.tiles)).transpose(-1, -2)
+        else:
+            x = x.unflatten(-1, (self.tiles, self.width))
+        return x.movedim((-2, -1), (dim, dim + 1))
 
     def unpack(self, t: Tensor, dim: int) -> Tensor:
         """Axes ``dim, dim + 1`` (tiles, width) -> the units (padding is cropped)."""
-        return t.flatten(dim, dim + 1).index_select(dim, self.slot.to(t.device))
+        x = t.movedim((dim, dim + 1), (-2, -1))
+        x = (x.transpose(-1, -2) if self.strided else x).flatten(-2)
+        if self.spread > 1:
+            x = x[..., : self.units * self.spread].unflatten(-1, (-1, self.spread, self.block))[..., 0, :].flatten(-2)
+        return x[..., : self.units].movedim(-1, dim)
 
 
-UNIT = AxisLayout(1, 1, torch.zeros(1, dtype=torch.long))
+UNIT = AxisLayout(1, 1, 1)
 
 
 def axis_layouts(dims: Dims) -> dict[str, AxisLayout]:
     """The D-wide tiling of every growable axis (see the module docstring)."""
-    d, hd, n_f = dims.hidden, dims.head_dim, math.ceil(dims.ffn / dims.hidden)
-    group = dims.heads // dims.kv_heads
-    kv_slots = (torch.arange(dims.kv_heads) * group * hd)[:, None] + torch.arange(hd)
-    f = torch.arange(dims.ffn)
+    d, q = dims.hidden, dims.axis("Q")
     return {
-        "D": AxisLayout(1, d, torch.arange(d)),
-        "Q": AxisLayout(math.ceil(dims.axis("Q") / d), d, torch.arange(dims.axis("Q"))),
-        "K": AxisLayout(math.ceil(dims.axis("Q") / d), d, kv_slots.reshape(-1)),
-        "F": AxisLayout(n_f, d, (f % n_f) * d + f // n_f),
+        "D": AxisLayout(1, d, d),
+        "Q": AxisLayout(math.ceil(q / d), d, q),
+        "K": AxisLayout(math.ceil(q / d), d, dims.axis("K"), dims.head_dim, dims.heads // dims.kv_heads),
+        "F": AxisLayout(math.ceil(dims.ffn / d), d, dims.ffn, strided=True),
     }
 
 
@@ -400,7 +422,11 @@ def ring_cores(start: Start, rank: int, sizes: dict[str, tuple[int, int]], gen: 
 
 # --- the operator ---------------------------------------------------------------
 class MangoOperator(GrowthOperator):
-    """Target weights = the tensor-ring map of the packed source; only the four cores are fit."""
+    """Target weights = the tensor-ring map of the packed source; only the four cores are fit.
+
+    ``max_elements`` bounds one intermediate of the contraction; above it the map
+    is chunked and checkpointed (see :mod:`~growkit.ops.mango_contract`).
+    """
 
     def __init__(
         self,
@@ -449,13 +475,15 @@ class MangoOperator(GrowthOperator):
     def cores(self) -> list[Tensor]:
         return [self.s_b, self.s_i, self.s_o, self.s_l]
 
+    def contractions(self) -> list[tuple[Tensor, list[Tensor]]]:
+        """Every ring map :meth:`forward` computes, as (packed input, cores): M1 first, then the other tensors."""
+        others = [(getattr(self, f"packed_{i}"), self._collapsed_cores(name)) for i, name in enumerate(self._others)]
+        return [(self.m1, self.cores())] + others
+
     def forward(self) -> dict[str, Tensor]:
-        m2 = ring_map(self.m1, self.cores(), self.max_elements)
+        m2, *others = (ring_map(x, cores, self.max_elements) for x, cores in self.contractions())
         out = {name: self.placements[name].unpack(m2[self.tgt.tiles(name)], self.tgt.layouts) for name in self.tgt.matrices}
-        for i, name in enumerate(self._others):
-            p = self.placements[name]
-            y = ring_map(getattr(self, f"packed_{i}"), self._collapsed_cores(name), self.max_elements)
-            out[name] = p.unpack(y, self.tgt.layouts)
+        out.update({name: self.placements[name].unpack(y, self.tgt.layouts) for name, y in zip(self._others, others)})
         return {name: out[name] if name in out else self.source_tensor(name) for name in self._source_names}
 
     def _collapsed_cores(self, name: str) -> list[Tensor]:
