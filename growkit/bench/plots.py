@@ -43,7 +43,7 @@ def plot_curves(summary: dict, axis: str, path: str | Path, log_x: bool = False)
     seeds = list(curves)
     fig, ax = plt.subplots(figsize=(8, 5.2), dpi=110)
     others = iter(plt.get_cmap("Set2").colors)
-    lows, tops = [], []
+    lows, tops, scratch_top = [], [], None
     for method in info["methods"]:
         per_seed = [curves[s][method] for s in seeds if method in curves[s]]
         x, m, lo, hi = seed_band(per_seed, axis)
@@ -52,21 +52,25 @@ def plot_curves(summary: dict, axis: str, path: str | Path, log_x: bool = False)
         if not len(x):
             continue
         colour = COLOURS.get(method) or next(others)
-        ax.plot(x, m, label=method, color=colour, lw=2.2 if method in BOLD else 1.3, marker="." if len(x) < 40 else None)
+        ax.plot(x, m, label=method, color=colour, lw=2.2 if method in BOLD else 1.3, ls="--" if "+" in method else "-",
+                marker="." if len(x) < 40 else None)
         if len(per_seed) > 1:
             ax.fill_between(x, lo, hi, color=colour, alpha=0.15, lw=0)
         lows.append(lo.min())
         if method == "scratch":
-            tops.append(float(np.interp(x[0] + (x[-1] - x[0]) * 0.05, x, hi)))
-        else:
-            tops.append(float(hi[0]))
+            scratch_top = float(np.interp(x[0] + (x[-1] - x[0]) * 0.05, x, hi))
+        tops.append(float(hi[0]))
     targets = list(summary["target_loss"].values())
     target = float(np.mean(targets))
     ax.axhline(target, color="grey", ls="--", lw=1, label=f"scratch final loss ({target:.3f})")
-    if lows and tops:
-        bottom, top = min(lows), max(tops)
-        pad = 0.04 * (top - bottom)
-        ax.set_ylim(bottom - pad, top + pad)
+    if lows and tops:  # from the best loss up to scratch at 5% of its budget (a worse grown start is clipped)
+        bottom, top = min(lows), max(tops) if scratch_top is None else min(max(tops), scratch_top)
+        if bottom > 0 and top / bottom > 5:  # e.g. classification losses near zero: log scale
+            ax.set_yscale("log")
+            ax.set_ylim(bottom / 1.1, top * 1.1)
+        else:
+            pad = 0.04 * (top - bottom)
+            ax.set_ylim(bottom - pad, top + pad)
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(LABELS.get(axis, axis) + (" (log)" if log_x else ""))

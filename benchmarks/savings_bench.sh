@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The savings benchmark runs behind BENCHMARKS.md ("Savings benchmark"), and the copy of their reports
+# and plots into benchmarks/results/. Each command resumes: finished runs are reused.
+# --threads 1: the machine was shared; one thread per process was faster and steadier than two.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ALL=scratch,stackbert,interpolate,net2net,bert2bert,exact,ligo,mango
+
+run() { growkit bench --threads 1 "$@"; }
+
+if [[ "${1:-}" != "--collect-only" ]]; then
+  # main comparison: GPT-2 2L/64 -> 4L/128, 2 seeds
+  run --family gpt2 --preset tiny --methods $ALL --seeds 2 --out runs/bench-gpt2-tiny
+  # second family, 1 seed
+  run --family vit --preset tiny --methods $ALL --seeds 1 --out runs/bench-vit-tiny
+  # ablations of the learned operators' recipe (seed 0; reuses the fixed-method and scratch runs)
+  run --family gpt2 --preset tiny --seeds 1 --out runs/ablate-gpt2-tiny --methods \
+    $ALL,ligo+fit_steps=25,mango+fit_steps=25,mango+rank=2,ligo+fit_steps=25+fit_lr=1e-2,mango+fit_steps=25+fit_lr=1e-2
+  # the target's schedule after growth: a lower peak lr for every method, scratch included
+  run --family gpt2 --preset tiny --lr 1e-3 --methods scratch,stackbert,bert2bert,exact,ligo,mango --seeds 1 \
+    --out runs/bench-gpt2-tiny-lr1e-3
+fi
+
+for name in bench-gpt2-tiny bench-vit-tiny ablate-gpt2-tiny bench-gpt2-tiny-lr1e-3; do
+  [[ -f runs/$name/report.md ]] || continue
+  mkdir -p benchmarks/results/$name
+  cp runs/$name/report.md runs/$name/loss_vs_flops.png runs/$name/loss_vs_seconds.png benchmarks/results/$name/
+done
