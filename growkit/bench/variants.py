@@ -20,7 +20,8 @@ from ..core.errors import GrowError
 FIT_KEYS = ("fit_steps", "fit_lr")
 
 
-def _value(text: str):
+def parse_value(text: str):
+    """An option's value from the command line: int, float, bool, else the text itself."""
     for kind in (int, float):
         try:
             return kind(text)
@@ -49,7 +50,7 @@ def parse_variant(entry: str, defaults: dict | None = None) -> Variant:
         key, eq, value = part.partition("=")
         if not (eq and key):
             raise GrowError(f"{entry!r}: variant parts take key=value (e.g. mango+rank=2), not {part!r}")
-        (fit if key in FIT_KEYS else options)[key] = _value(value)
+        (fit if key in FIT_KEYS else options)[key] = parse_value(value)
     if "fit_steps" in fit and (not isinstance(fit["fit_steps"], int) or fit["fit_steps"] < 0):
         raise GrowError(f"{entry!r}: fit_steps must be a non-negative integer")
     if "fit_lr" in fit and (not isinstance(fit["fit_lr"], (int, float)) or fit["fit_lr"] <= 0):

@@ -5,6 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ..bench.variants import parse_value
 from ..core.errors import GrowError
 
 DEFAULT_METHODS = "scratch,stackbert,interpolate,net2net,bert2bert,exact,ligo,mango"
@@ -74,15 +75,6 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def parse_options(items: list[str]) -> dict[str, dict]:
     options: dict[str, dict] = {}
     for item in items:
@@ -90,7 +82,7 @@ def parse_options(items: list[str]) -> dict[str, dict]:
         key, eq, value = rest.partition("=")
         if not (sep and eq and method and key):
             raise GrowError(f"--option takes METHOD:KEY=VALUE (e.g. mango:rank=2), not {item!r}")
-        options.setdefault(method, {})[key] = _value(value)
+        options.setdefault(method, {})[key] = parse_value(value)
     return options
 
 
