@@ -9,7 +9,7 @@ import pytest
 
 from growkit.bench import BenchSpec, Curve, compare, convergence, first_reach, get_preset, run_bench, savings
 from growkit.bench.plots import seed_band
-from growkit.bench.report import PLOTS, summarise, text_table, write_report
+from growkit.bench.report import PLOTS, report_markdown, summarise, text_table, warnings, write_report
 from growkit.core.errors import GrowError
 
 
@@ -198,6 +198,21 @@ def test_report_marks_not_reached(smoke):
     summary = summarise(fake)
     assert summary["methods"]["exact"]["flop_savings"]["n"] == 0
     assert "not reached" in text_table(summary)
+
+
+def test_warnings_flag_a_target_too_close_to_the_small_model(smoke):
+    _, result, _, _ = smoke
+    import copy
+
+    fake = copy.deepcopy(result)
+    scratch_final = [r["eval_loss"] for r in fake.runs[0]["scratch"]["history"] if "eval_loss" in r][-1]
+    fake.sources[0]["eval_loss"] = scratch_final * 1.005
+    summary = summarise(fake)
+    assert summary["margin_below_source"][0] == pytest.approx(0.005 / 1.005)
+    assert any("only 0.5% below the small model's" in w for w in warnings(summary))
+    assert "only 0.5% below" in report_markdown(summary)
+    fake.sources[0]["eval_loss"] = scratch_final * 1.5
+    assert not any("small model" in w for w in warnings(summarise(fake)))
 
 
 # --- the command line -------------------------------------------------------------------

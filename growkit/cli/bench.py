@@ -121,7 +121,7 @@ def build_spec(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import run_bench
-    from ..bench.report import text_table, write_report
+    from ..bench.report import text_table, warnings, write_report
 
     from .. import distributed
     from ..device import resolve_device
@@ -137,10 +137,8 @@ def run(args: argparse.Namespace) -> int:
     summary = write_report(result, plots=not args.no_plots)
     print()
     print(text_table(summary))
-    if not summary["scratch_converged"]:
-        conv = ", ".join(f"{v * 100:.1f}%" for v in summary["scratch_last_fifth_improvement"].values())
-        print(f"warning: scratch improved by {conv} over the last fifth of its budget (> 2%): it is not near-converged, "
-              "so the savings partly measure the head start")
+    for line in warnings(summary):
+        print(f"warning: {line}")
     print(f"\n{len(result.trained)} runs trained now, the rest reused; {time.perf_counter() - start:.0f} s")
     print(f"report: {out / 'report.md'}")
     if not args.no_plots:
