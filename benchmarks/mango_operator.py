@@ -15,9 +15,11 @@ Per case:
   counted as twice the forward) and the GFLOP/s achieved;
 - a plain fp32 3072^3 matmul's GFLOP/s, measured in the same process just before
   (load from other processes hits both alike);
-- with ``--naive-ranks``: the bare M1 contraction in the chosen order and in the
-  naive order (the cores one at a time: I, O, L, B), both without grad,
-  interleaved ``--repeats`` times (best of each).
+- with ``--naive-ranks``: the bare M1 contraction without grad, interleaved
+  ``--repeats`` times (best of each): growkit's (chosen order, planned layout),
+  the naive order (the cores one at a time: I, O, L, B) and the chosen order,
+  both as opt_einsum runs them with torch.einsum, and the naive order with
+  growkit's layout planner (to separate what the order and the layout each give).
 
 Memory target: peak of the contraction's forward + backward <= 3 (|M1| + R^2 |M2|)
 floats; a peak reported adds |M1| (allocated with the operator, before the
@@ -41,11 +43,12 @@ from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTForImageClas
 
 from growkit.arch import adapter_for
 from growkit.ops.mango import MangoOperator, parameter_count
-from growkit.ops.mango_contract import MAX_ELEMENTS, ring_equation, ring_map, ring_path
+from growkit.ops.mango_contract import MAX_ELEMENTS, chain_plan, ring_equation, ring_map, ring_path, run_plan
 
 GB = 2**30
 #: the naive order as opt_einsum path steps over (M1, S_B, S_I, S_O, S_L): I, then O, then L, then B
 NAIVE_PATH = [(0, 2), (1, 3), (1, 2), (0, 1)]
+NAIVE_ORDER = (1, 2, 3, 0)  #: the same order as core indices (S_B, S_I, S_O, S_L), for growkit's layout planner
 SHAPES = {
     "deit": (
         lambda: ViTForImageClassification(
@@ -140,16 +143,27 @@ def run_case(shape: str, rank: int, mode: str, max_elements: int, repeats: int =
     if mode == "naive":
         eq, cores = ring_equation(0, 4), [c.detach() for c in op.cores()]
         row["naive_flops"] = float(oe.contract_path(eq, m1, *cores, optimize=NAIVE_PATH)[1].opt_cost)
-        contract, plain = [], []
+        shapes = tuple(tuple(t.shape) for t in (m1, *cores))
+        naive_plan = chain_plan(shapes, NAIVE_ORDER)
+        variants = {  # interleaved, so that load from other processes hits all alike
+            "contract": lambda: ring_map(m1, cores, max_elements),
+            "naive": lambda: oe.contract(eq, m1, *cores, optimize=NAIVE_PATH, backend="torch"),
+            "contract_einsum": lambda: oe.contract(eq, m1, *cores, optimize=m1_path.path, backend="torch"),
+            "naive_planned": lambda: run_plan(naive_plan, m1, cores),
+        }
+        times: dict[str, list] = {name: [] for name in variants}
         with torch.no_grad():
-            for _ in range(repeats):  # interleaved, so that load from other processes hits both alike
-                contract.append(timed(lambda: ring_map(m1, cores, max_elements))[:2])
-                plain.append(timed(lambda: oe.contract(eq, m1, *cores, optimize=NAIVE_PATH, backend="torch"))[:2])
-        row["contract_s"], row["naive_s"] = min(t for t, _ in contract), min(t for t, _ in plain)
-        row["contract_peak_gb"], row["naive_peak_gb"] = contract[0][1] / GB, plain[0][1] / GB
+            for _ in range(repeats):
+                for name, fn in variants.items():
+                    times[name].append(timed(fn)[:2])
+        for name, runs in times.items():
+            row[f"{name}_s"] = min(t for t, _ in runs)
+            row[f"{name}_peak_gb"] = runs[0][1] / GB
         row["contract_gflops"] = row["flops_m1"] / row["contract_s"] / 1e9
         row["naive_gflops"] = row["naive_flops"] / row["naive_s"] / 1e9
         row["speedup_vs_naive"] = row["naive_s"] / row["contract_s"]
+        row["speedup_of_order"] = row["naive_planned_s"] / row["contract_s"]  # same executor, orders differ
+        row["speedup_of_layout"] = row["contract_einsum_s"] / row["contract_s"]  # same order, executors differ
     return row
 
 

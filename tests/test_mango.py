@@ -17,7 +17,8 @@ from growkit.fit import FitConfig, fit
 from growkit.ops import METHODS, grow_fixed
 from growkit.ops.depth import deepen
 from growkit.ops.mango import MangoOperator, Packing, _placements, parameter_count
-from growkit.ops.mango_contract import ring_map
+from growkit.ops import mango_contract
+from growkit.ops.mango_contract import chain_plan, ring_map, ring_plan, run_plan
 from growkit.ops.width import _new_output_units, _next_layer, widen_tensor
 
 GROW = {"hidden_size": 64, "num_hidden_layers": 4}
@@ -75,6 +76,41 @@ def test_chunked_checkpointed_gradients_are_right():
     m1 = torch.randn(3, 2, 2, 2, dtype=torch.float64)
     cores = [c.requires_grad_() for c in _cores(2, SIZES)]
     assert torch.autograd.gradcheck(lambda *c: ring_map(m1, list(c), max_elements=8), cores)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("lead", [(), (2,), (3, 2)])
+@pytest.mark.parametrize("sizes", [SIZES, [(5, 7), (4, 6), (3, 8), (2, 5)]])
+@pytest.mark.parametrize("order", [(1, 0, 3, 2), (0, 1, 2, 3), (2, 1, 3, 0), (3, 2, 1, 0)])
+def test_every_chain_plan_equals_opt_einsum(rank, lead, sizes, order):
+    cores = _cores(rank, sizes, seed=rank)
+    x = torch.randn(*lead, *(n1 for n1, _ in sizes), dtype=torch.float64)
+    shapes = tuple(tuple(t.shape) for t in (x, *cores))
+    expected = mango_contract._expression(shapes)(x, *cores, backend="torch")
+    got = run_plan(chain_plan(shapes, order), x, cores)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-10 * max(1.0, expected.abs().max().item())
+
+
+@pytest.mark.parametrize("shape", ["deit", "gpt2"])
+@pytest.mark.parametrize("rank", [1, 2, 4, 8])
+def test_the_mango_benchmark_shapes_contract_as_chains(shape, rank):
+    (b1, d1, l1), (b2, d2, l2) = {"deit": ((12, 384, 12), (12, 768, 12)), "gpt2": ((12, 768, 12), (12, 1024, 24))}[shape]
+    shapes = ((b1, d1, d1, l1), (rank, b1, b2, rank), (rank, d1, d2, rank), (rank, d1, d2, rank), (rank, l1, l2, rank))
+    plan = ring_plan(shapes)
+    assert plan is not None
+    assert sum(step.copy is not None for step in plan.steps) <= 1  # at most one permute of a large intermediate
+
+
+def test_the_layout_plan_gradients_are_right():
+    x = torch.randn(2, 3, 2, 2, 2, dtype=torch.float64)
+    cores = [c.requires_grad_() for c in _cores(2, SIZES, seed=4)]
+    assert torch.autograd.gradcheck(lambda *c: ring_map(x, list(c)), cores)
+
+
+def test_a_path_that_is_not_a_chain_is_left_to_opt_einsum():
+    assert mango_contract._chain([(0, 2), (0, 3), (1, 2), (0, 1)], 4) == [1, 0, 3, 2]
+    assert mango_contract._chain([(1, 2), (0, 3), (0, 2), (0, 1)], 4) is None  # two cores joined first
 
 
 # --- packing --------------------------------------------------------------------

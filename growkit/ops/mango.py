@@ -482,7 +482,14 @@ class MangoOperator(GrowthOperator):
 
     def forward(self) -> dict[str, Tensor]:
         m2, *others = (ring_map(x, cores, self.max_elements) for x, cores in self.contractions())
-        out = {name: self.placements[name].unpack(m2[self.tgt.tiles(name)], self.tgt.layouts) for name in self.tgt.matrices}
+        # One split, not a slice per matrix (each slice's backward builds an M2-sized zero gradient),
+        # taken in M2's memory order (the contraction may return a permuted view), so that the
+        # backward gathers the gradient in that order instead of permuting it once more.
+        order = sorted(range(m2.dim()), key=lambda d: -m2.stride(d))
+        sizes = [self.tgt.grid[n][0] * self.tgt.grid[n][1] for n in self.tgt.matrices]
+        back = tuple(order.index(d) for d in range(m2.dim()))
+        pieces = [p.permute(back) for p in m2.permute(order).split(sizes, dim=order.index(0))]
+        out = {name: self.placements[name].unpack(piece, self.tgt.layouts) for name, piece in zip(self.tgt.matrices, pieces)}
         out.update({name: self.placements[name].unpack(y, self.tgt.layouts) for name, y in zip(self._others, others)})
         return {name: out[name] if name in out else self.source_tensor(name) for name in self._source_names}
 

@@ -14,6 +14,19 @@ close the bonds on their side), and the other width core last. The naive order,
 one core after the other around the ring, sums a width axis and a ring bond
 while two bonds are still open, which costs about a factor R more.
 
+Execution. opt_einsum fixes the order; how each pairwise step is laid out in
+memory decides the speed. Handing the steps to ``torch.einsum`` permutes the
+large intermediates before and after every matmul, and the steps that only sum
+a small core's axes (K = B1 R or L1 R) then cost more than the large ones. So
+when the order is a chain (the source meets one core at a time, as it is for
+every Mango shape), :func:`ring_plan` searches the memory layout: the order of
+the source's axes and of the axes each step creates, so that every step's
+summed axes lie next to each other in the intermediate. Each step is then one
+matmul on views, ``[pre, K] @ W`` or a batched ``W^T @ [pre][K, post]`` (bmm), with
+no copy of the large intermediate; a step that cannot be arranged that way
+pays one permute. The layout is chosen by a small cost model (matmul time,
+memory traffic, per-batch overhead) over all candidates, cached per shape.
+
 Memory: every intermediate of that order holds about ``R^2 |Y| / 2`` numbers and
 autograd keeps them for the backward pass. When the largest one exceeds
 ``max_elements``, the map is computed in chunks of the core whose target axis is
@@ -24,7 +37,9 @@ the price of one more forward.
 """
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import opt_einsum as oe
@@ -70,9 +85,191 @@ def _largest_intermediate(shapes: tuple[tuple[int, ...], ...]) -> int:
     return int(ring_path(shapes[0], list(shapes[1:])).largest_intermediate)
 
 
+# --- layout planning ------------------------------------------------------------------
+#: cost model of one CPU matmul step (relative figures; only the ranking of layouts matters)
+_GEMM_FLOPS = 80e9  #: a large fp32 matmul, FLOP/s
+_BANDWIDTH = 8e9  #: streaming memory traffic, bytes/s; a permute copy runs at half of it
+_PER_BATCH = 1e-5  #: overhead of one matrix in a batched step (its backward loops over them), s
+_MAX_BATCHES = 4096  #: more matrices than this in a batched step: lay the summed axes last instead
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pairwise step of a chain: the intermediate ``z`` meets core ``core``.
+
+    ``copy`` permutes ``z`` first (None: it is laid out already); then ``z`` is viewed as
+    ``[pre, K, post]`` (``pre`` and ``k`` count axes) and ``core_perm`` orders the core's
+    axes as (summed axes in ``z``'s order, new axes in the order they take in ``z``).
+    """
+
+    core: int
+    copy: tuple[int, ...] | None
+    pre: int
+    k: int
+    core_perm: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A chain's layout: ``source_perm`` orders ``x``'s axes, ``out_perm`` restores the output's.
+
+    The output is returned as a permuted view; a consumer that splits it should do so in its
+    memory order (see ``MangoOperator.forward``), or the backward pays one more permute.
+    """
+
+    source_perm: tuple[int, ...]
+    steps: tuple[Step, ...]
+    out_perm: tuple[int, ...]
+    cost: float
+
+
+def _chain(path: list[tuple[int, ...]], n_cores: int) -> list[int] | None:
+    """The cores in the order a path meets them, if it is a chain through the source; else None."""
+    operands: list[object] = ["x", *range(n_cores)]
+    order = []
+    for pair in path:
+        picked = [operands[i] for i in pair]
+        for i in sorted(pair, reverse=True):
+            del operands[i]
+        chain = [p for p in picked if p == "chain" or p == "x"]
+        cores = [p for p in picked if isinstance(p, int)]
+        if len(chain) != 1 or len(cores) != 1:
+            return None
+        order.append(cores[0])
+        operands.append("chain")
+    return order
+
+
+def _core_axes(k: int, n: int) -> tuple[str, str, str, str]:
+    return (f"b{k}", f"s{k}", f"t{k}", f"b{(k + 1) % n}")
+
+
+def _search(x_axes: tuple[str, ...], n_lead: int, order: list[int], size: dict[str, int]) -> Plan:
+    """The cheapest layout for a chain, by exhaustive search (at most 4! x 6^4 candidates)."""
+    n = len(order)
+    best: list[Plan | None] = [None]
+
+    def numel(axes) -> int:
+        return math.prod(size[a] for a in axes)
+
+    def walk(z: tuple[str, ...], i: int, steps: tuple[Step, ...], cost: float) -> None:
+        if best[0] is not None and cost >= best[0].cost:
+            return
+        if i == n:
+            target = tuple(a for a in x_axes[:n_lead]) + tuple(f"t{k}" for k in range(n))
+            best[0] = Plan(source_perm, steps, tuple(z.index(a) for a in target), cost)
+            return
+        k = order[i]
+        axes = _core_axes(k, n)
+        summed = [a for a in axes if a in z]
+        new = [a for a in axes if a not in z]
+        pos = sorted(z.index(a) for a in summed)
+        p, copy, step_cost, z_now = pos[0], None, 0.0, z
+        adjacent = pos == list(range(p, p + len(pos)))
+        if not adjacent or (p + len(pos) < len(z) and numel(z[:p]) > _MAX_BATCHES):
+            # permute the summed axes last: one copy, then a plain matmul
+            rest = [a for a in z if a not in summed]
+            z_now = tuple(rest + [a for a in z if a in summed])
+            copy, p = tuple(z.index(a) for a in z_now), len(rest)
+            step_cost += 2 * 4 * numel(z) / (_BANDWIDTH / 2)
+        pre, kk, post = z_now[:p], z_now[p:p + len(summed)], z_now[p + len(summed):]
+        flops = 2 * numel(pre) * numel(kk) * numel(new) * numel(post)
+        traffic = 4 * (numel(z_now) + numel(pre) * numel(new) * numel(post))
+        step_cost += max(flops / _GEMM_FLOPS, traffic / _BANDWIDTH)
+        if post:
+            step_cost += numel(pre) * _PER_BATCH
+        for new_order in itertools.permutations(new):
+            core_perm = tuple(axes.index(a) for a in (*kk, *new_order))
+            nz = pre + tuple(new_order) + post
+            walk(nz, i + 1, (*steps, Step(k, copy, len(pre), len(kk), core_perm)), cost + step_cost)
+
+    lead = x_axes[:n_lead]
+    for perm in itertools.permutations(range(n_lead, n_lead + n)):
+        source_perm = tuple(range(n_lead)) + perm
+        walk(lead + tuple(x_axes[j] for j in perm), 0, (), 0.0)
+    assert best[0] is not None
+    return best[0]
+
+
+@lru_cache(maxsize=256)
+def ring_plan(shapes: tuple[tuple[int, ...], ...]) -> Plan | None:
+    """The layout plan of a ring map for these shapes, or None when opt_einsum's order is not a chain."""
+    order = _chain(ring_path(shapes[0], list(shapes[1:])).path, len(shapes) - 1)
+    return None if order is None else chain_plan(shapes, tuple(order))
+
+
+def chain_plan(shapes: tuple[tuple[int, ...], ...], order: tuple[int, ...]) -> Plan:
+    """The layout plan for contracting the cores in ``order`` (also used to time the naive order)."""
+    x_shape, *core_shapes = shapes
+    n = len(core_shapes)
+    n_lead = len(x_shape) - n
+    size = {f"l{j}": x_shape[j] for j in range(n_lead)}
+    for k, shape in enumerate(core_shapes):
+        size.update(dict(zip(_core_axes(k, n), shape)))
+    x_axes = tuple(f"l{j}" for j in range(n_lead)) + tuple(f"s{k}" for k in range(n))
+    return _search(x_axes, n_lead, list(order), size)
+
+
+class _SharedBmm(torch.autograd.Function):
+    """``y[b] = a @ z[b]`` with one ``a`` for every batch, as one matmul per batch.
+
+    torch.matmul's 2-D @ 3-D path transpose-copies ``z``; MKL's bmm runs the thin
+    steps (a 48 x 48 ``a``) at a quarter of the speed of separate matmuls; and autograd
+    through a bmm on an expanded ``a`` builds one weight gradient per batch before
+    summing them (as large as ``y`` for the first step). The loops avoid all three.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, z: Tensor) -> Tensor:
+        ctx.save_for_backward(a, z)
+        y = z.new_empty(z.shape[0], a.shape[0], z.shape[2])
+        for zb, yb in zip(z, y):
+            torch.mm(a, zb, out=yb)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, z = ctx.saved_tensors
+        grad_a = grad_z = None
+        if ctx.needs_input_grad[0]:
+            grad_a = torch.zeros_like(a)
+            for g, zb in zip(grad, z):
+                grad_a.addmm_(g, zb.t())
+        if ctx.needs_input_grad[1]:
+            grad_z = torch.empty_like(z)
+            for g, gz in zip(grad, grad_z):
+                torch.mm(a.t(), g, out=gz)
+        return grad_a, grad_z
+
+
+def run_plan(plan: Plan, x: Tensor, cores: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
+    """Contract ``x`` with the ring of ``cores`` step by step as ``plan`` lays it out."""
+    z = x.permute(plan.source_perm)
+    for step in plan.steps:
+        if step.copy is not None:
+            z = z.permute(step.copy)
+        shape = z.shape
+        pre, summed, post = shape[: step.pre], shape[step.pre: step.pre + step.k], shape[step.pre + step.k:]
+        core = cores[step.core].permute(step.core_perm)
+        new = core.shape[step.k:]
+        w = core.reshape(math.prod(summed), math.prod(new))
+        n_pre, n_summed, n_post = math.prod(pre), math.prod(summed), math.prod(post)
+        if not post:
+            y = z.reshape(n_pre, n_summed) @ w
+        elif not pre:
+            y = w.t() @ z.reshape(n_summed, n_post)
+        else:
+            y = _SharedBmm.apply(w.t(), z.reshape(n_pre, n_summed, n_post))
+        z = y.reshape(*pre, *new, *post)
+    return z.permute(plan.out_perm)
+
+
 def _contract(x: Tensor, *cores: Tensor) -> Tensor:
     shapes = tuple(tuple(t.shape) for t in (x, *cores))
-    return _expression(shapes)(x, *cores, backend="torch")
+    plan = ring_plan(shapes)
+    if plan is None:
+        return _expression(shapes)(x, *cores, backend="torch")
+    return run_plan(plan, x, cores)
 
 
 def ring_map(x: Tensor, cores: list[Tensor], max_elements: int = MAX_ELEMENTS) -> Tensor:
