@@ -72,6 +72,20 @@ def test_exact_bert_depth_is_documented_post_norm_behaviour():
     assert (logits(deep, inputs) - logits(trained, inputs)).abs().max() > 1e-3
 
 
+def test_gpt2_layer_index_attention_scaling_warns_on_depth_growth():
+    """With scale_attn_by_inverse_layer_idx a layer's output depends on its index: copies cannot be exact."""
+    src = _source("gpt2", scale_attn_by_inverse_layer_idx=True)
+    inputs = model_inputs(src)
+    with pytest.warns(UserWarning, match="scale_attn_by_inverse_layer_idx"):
+        deep = growkit.grow(src, {"num_hidden_layers": 4}, method="exact")
+    assert (logits(deep, inputs) - logits(src, inputs)).abs().max() > 1e-4
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        growkit.grow(src, {"hidden_size": 64}, method="exact")  # width only: layer indices unchanged
+
+
 @pytest.mark.parametrize("method,expected", [("stackbert", [0, 1, 0, 1, 0]), ("interpolate", [0, 0, 0, 1, 1])])
 def test_depth_copies_exact_layers(method, expected):
     src = _source("gpt2")

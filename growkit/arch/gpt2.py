@@ -1,6 +1,8 @@
 """GPT-2: Conv1D weights are already in x out; Q, K and V are fused in ``c_attn``."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from transformers import GPT2Config
 
@@ -26,6 +28,16 @@ class GPT2Adapter(Adapter):
         *norm("final_norm", "ln_f"),
         Entry("lm_head", "lm_head.weight", "linear", head=True),
     )
+
+    def target_config(self, config: GPT2Config, sizes: dict[str, int]) -> GPT2Config:
+        target = super().target_config(config, sizes)
+        if config.scale_attn_by_inverse_layer_idx and target.n_layer != config.n_layer:
+            warnings.warn(
+                "scale_attn_by_inverse_layer_idx=True scales layer l's attention scores by 1/(l+1), so a layer "
+                "copied to another depth computes something else: no depth growth preserves the function",
+                stacklevel=2,
+            )
+        return target
 
     def ffn_size(self, config: GPT2Config) -> int:
         return config.n_inner or 4 * config.n_embd
