@@ -152,7 +152,7 @@ def _search(x_axes: tuple[str, ...], n_lead: int, order: list[int], size: dict[s
     def numel(axes) -> int:
         return math.prod(size[a] for a in axes)
 
-    def walk(z: tuple[str, ...], i: int, steps: tuple[Step, ...], cost: float) -> None:
+    def walk(source_perm: tuple[int, ...], z: tuple[str, ...], i: int, steps: tuple[Step, ...], cost: float) -> None:
         if best[0] is not None and cost >= best[0].cost:
             return
         if i == n:
@@ -181,12 +181,12 @@ def _search(x_axes: tuple[str, ...], n_lead: int, order: list[int], size: dict[s
         for new_order in itertools.permutations(new):
             core_perm = tuple(axes.index(a) for a in (*kk, *new_order))
             nz = pre + tuple(new_order) + post
-            walk(nz, i + 1, (*steps, Step(k, copy, len(pre), len(kk), core_perm)), cost + step_cost)
+            walk(source_perm, nz, i + 1, (*steps, Step(k, copy, len(pre), len(kk), core_perm)), cost + step_cost)
 
     lead = x_axes[:n_lead]
     for perm in itertools.permutations(range(n_lead, n_lead + n)):
         source_perm = tuple(range(n_lead)) + perm
-        walk(lead + tuple(x_axes[j] for j in perm), 0, (), 0.0)
+        walk(source_perm, lead + tuple(x_axes[j] for j in perm), 0, (), 0.0)
     assert best[0] is not None
     return best[0]
 
