@@ -15,13 +15,16 @@ if [[ "${1:-}" != "--collect-only" ]]; then
   run --family vit --preset tiny --methods $ALL --seeds 1 --out runs/bench-vit-tiny
   # ablations of the learned operators' recipe (seed 0; reuses the fixed-method and scratch runs)
   run --family gpt2 --preset tiny --seeds 1 --out runs/ablate-gpt2-tiny --methods \
-    $ALL,ligo+fit_steps=25,mango+fit_steps=25,mango+rank=2,ligo+fit_steps=25+fit_lr=1e-2,mango+fit_steps=25+fit_lr=1e-2
+    $ALL,ligo+fit_steps=25,mango+fit_steps=25,mango+rank=2,ligo+fit_steps=25+fit_lr=1e-2,mango+fit_steps=25+fit_lr=1e-2,ligo+init=exact,mango+init=exact+rank=2,mango+init=bert2bert+rank=2
   # the target's schedule after growth: a lower peak lr for every method, scratch included
   run --family gpt2 --preset tiny --lr 1e-3 --methods scratch,stackbert,bert2bert,exact,ligo,mango --seeds 1 \
     --out runs/bench-gpt2-tiny-lr1e-3
+  # a 2.5x longer target budget, so that scratch ends well below the small model
+  run --family gpt2 --preset tiny --steps 2500 --seeds 1 --out runs/bench-gpt2-tiny-2500 \
+    --methods $ALL,mango+init=bert2bert+rank=2,mango+fit_steps=25
 fi
 
-for name in bench-gpt2-tiny bench-vit-tiny ablate-gpt2-tiny bench-gpt2-tiny-lr1e-3; do
+for name in bench-gpt2-tiny bench-vit-tiny ablate-gpt2-tiny bench-gpt2-tiny-lr1e-3 bench-gpt2-tiny-2500; do
   [[ -f runs/$name/report.md ]] || continue
   mkdir -p benchmarks/results/$name
   cp runs/$name/report.md runs/$name/loss_vs_flops.png runs/$name/loss_vs_seconds.png benchmarks/results/$name/
