@@ -189,6 +189,22 @@ def test_an_existing_output_is_left_unchanged(base, tmp_path, monkeypatch, capsy
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
 
+def test_a_fit_killed_while_cleaning_up_is_named_on_rerun(base, tmp_path, monkeypatch, capsys):
+    """A kill after OUT_DIR is written but before OUT_DIR.partial is removed: the rerun says so, and writes nothing."""
+    good(tmp_path, base)
+    monkeypatch.chdir(tmp_path)
+    argv = [*LIGO[:-len(SMALL)], "--steps", "2", "--data", str(base / "text.txt"), *SMALL]
+    assert main(list(argv)) == 0
+    (tmp_path / "out.partial").mkdir()
+    (tmp_path / "out.partial" / "fit-2.safetensors").write_bytes(b"left over")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert main(list(argv)) == 1
+    err = capsys.readouterr().err
+    assert "holds a finished model" in err and "out.partial" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 def test_nan_in_training_names_the_step_and_keeps_the_last_good_checkpoint(base, tmp_path, monkeypatch, capsys):
     good(tmp_path, base)
     monkeypatch.chdir(tmp_path)

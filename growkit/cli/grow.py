@@ -121,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
         distributed.setup(resolve_device(device) if method.learned else "cpu")
         if method.learned:
             distributed.check_batch(args.batch_size)
+        if method.learned and partial.is_dir() and (out / "config.json").is_file() and not args.overwrite:
+            raise GrowError(
+                f"{out} holds a finished model and {partial} is left over from an interrupted clean-up of its fit; "
+                f"delete {partial}, or pass --overwrite to grow again"
+            )
         check_output_dir(out, args.overwrite)  # every process checks before rank 0 writes (barriers below)
     # Everything up to the estimate reads configs only: no weights are loaded or allocated yet.
     src_config = load_config(src)
