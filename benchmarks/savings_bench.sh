@@ -10,7 +10,8 @@ run() { growkit bench --threads 1 "$@"; }
 
 if [[ "${1:-}" != "--collect-only" ]]; then
   # main comparison: GPT-2 2L/64 -> 4L/128, 2 seeds
-  run --family gpt2 --preset tiny --methods $ALL --seeds 2 --out runs/bench-gpt2-tiny
+  run --family gpt2 --preset tiny --seeds 2 --out runs/bench-gpt2-tiny \
+    --methods $ALL,mango+init=bert2bert+rank=2,mango+init=bert2bert+rank=2+fit_steps=25,ligo+fit_steps=25
   # second family, 1 seed
   run --family vit --preset tiny --methods $ALL --seeds 1 --out runs/bench-vit-tiny
   # ablations of the learned operators' recipe (seed 0; reuses the fixed-method and scratch runs)
