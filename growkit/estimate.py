@@ -197,19 +197,20 @@ def operator_on_meta(method: Any, source_config: PretrainedConfig, target_config
     return None
 
 
-def _counted_operator_parameters(method: Any, source_config: PretrainedConfig, target_config: PretrainedConfig,
-                                 options: dict) -> int | None:
-    """The operator module's own ``parameter_count(source, target_dims, **options)``, where it has one."""
+def _operator_module_count(name: str, method: Any, source_config: PretrainedConfig, target_config: PretrainedConfig,
+                           options: dict) -> float | None:
+    """The operator module's own ``name(source, target_dims, **options)`` (``parameter_count``,
+    ``materialize_flops``), where it has one: for operators that cannot be built on the meta device."""
     import inspect
     import sys
 
-    fn = getattr(sys.modules.get(getattr(method.build, "__module__", ""), None), "parameter_count", None)
+    fn = getattr(sys.modules.get(getattr(method.build, "__module__", ""), None), name, None)
     if fn is None:
         return None
     accepted = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in options.items() if k in accepted}
     try:
-        return int(fn(_meta_source(source_config), adapter_for(target_config).dims(target_config), **kwargs))
+        return fn(_meta_source(source_config), adapter_for(target_config).dims(target_config), **kwargs)
     except GrowError:
         raise
     except Exception:  # noqa: BLE001
@@ -236,12 +237,16 @@ def fit_estimate(method: Any, source_config: PretrainedConfig, target_config: Pr
         operator = operator_on_meta(method, source_config, target_config, seed, options)
     p_op = 0
     if operator is None:
-        counted = _counted_operator_parameters(method, source_config, target_config, options)
+        counted = _operator_module_count("parameter_count", method, source_config, target_config, options)
+        flops = _operator_module_count("materialize_flops", method, source_config, target_config, options)
         if counted is None:
             est.notes.append("the operator cannot be built on the meta device: its parameters and FLOPs are not counted")
         else:
-            p_op = est.operator_params = counted
+            p_op = est.operator_params = int(counted)
+        if counted is not None and flops is None:
             est.notes.append("the operator's materialisation FLOPs are not counted (it cannot be built on the meta device)")
+        elif flops is not None:  # materialising once forward, and its backward (about twice that)
+            est.step_extra_flops = 3 * float(flops)
     else:
         p_op = est.operator_params = sum(p.numel() for p in operator.parameters())
         try:  # materialising once forward, and its backward (about twice that)

@@ -106,7 +106,7 @@ from ..core.canonical import GROWABLE, Canonical, Dims, parse_axis
 from ..core.errors import GrowError
 from . import METHODS, WIDTH_OPS, Method, register
 from .depth import DEPTH_MAPS, POST_NORM_FAMILIES, RESIDUAL_OUTPUTS
-from .mango_contract import MAX_ELEMENTS, ring_map
+from .mango_contract import MAX_ELEMENTS, ring_map, ring_path
 from .operator import GrowthOperator
 from .width import AxisMap, WidthMap
 
@@ -285,12 +285,26 @@ def _home(name: str, p: Placement, src: Packing, tgt: Packing) -> str:
     raise GrowError(f"Mango: no packed matrix has {name}'s axes {need} to share its tiles with")
 
 
+def _blocks(source: Canonical, target_dims: Dims) -> tuple[int, int]:
+    placements = _placements(source)
+    return Packing(placements, source.dims).blocks, Packing(placements, target_dims).blocks
+
+
 def parameter_count(source: Canonical, target_dims: Dims, rank: int = 1) -> int:
     """The Mango operator's parameter count, R^2 (B1 B2 + 2 D1 D2 + L1 L2), without building it."""
-    placements = _placements(source)
-    b1, b2 = Packing(placements, source.dims).blocks, Packing(placements, target_dims).blocks
-    s, t = source.dims, target_dims
+    (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
     return rank * rank * (b1 * b2 + 2 * s.hidden * t.hidden + s.layers * t.layers)
+
+
+def materialize_flops(source: Canonical, target_dims: Dims, rank: int = 1) -> float:
+    """FLOPs of one materialisation's M1 -> M2 contraction (its path cost), without building the operator.
+
+    For ``--dry-run``, where the operator cannot be built (its start is not meta-safe); the
+    vectors' and embeddings' maps are small beside it and not counted.
+    """
+    (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
+    cores = [(rank, n1, n2, rank) for n1, n2 in ((b1, b2), (s.hidden, t.hidden), (s.hidden, t.hidden), (s.layers, t.layers))]
+    return float(ring_path((b1, s.hidden, s.hidden, s.layers), cores).opt_cost)
 
 
 # --- the start ----------------------------------------------------------------
