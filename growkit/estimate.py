@@ -238,15 +238,15 @@ def fit_estimate(method: Any, source_config: PretrainedConfig, target_config: Pr
     p_op = 0
     if operator is None:
         counted = _operator_module_count("parameter_count", method, source_config, target_config, options)
-        flops = _operator_module_count("materialize_flops", method, source_config, target_config, options)
         if counted is None:
             est.notes.append("the operator cannot be built on the meta device: its parameters and FLOPs are not counted")
         else:
             p_op = est.operator_params = int(counted)
-        if counted is not None and flops is None:
-            est.notes.append("the operator's materialisation FLOPs are not counted (it cannot be built on the meta device)")
-        elif flops is not None:  # materialising once forward, and its backward (about twice that)
-            est.step_extra_flops = 3 * float(flops)
+            flops = _operator_module_count("materialize_flops", method, source_config, target_config, options)
+            if flops is None:
+                est.notes.append("the operator's materialisation FLOPs are not counted (it cannot be built on the meta device)")
+            else:  # materialising once forward, and its backward (about twice that)
+                est.step_extra_flops = 3 * float(flops)
     else:
         p_op = est.operator_params = sum(p.numel() for p in operator.parameters())
         try:  # materialising once forward, and its backward (about twice that)

@@ -58,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
     print(text_table(summary))
     print(f"\nFLOP savings = 1 - (FLOPs to reach scratch's final loss {list(summary['target_loss'].values())[0]:.3f}, "
           "the operator's fit included) / (scratch's FLOPs to reach it).")
-    for line in warnings(summary):
+    notes = warnings(summary)
+    for line in notes:
         print(f"note: {line}")
-    if warnings(summary):
+    if notes:
         print("(the demo's budget is short on purpose; `growkit bench --preset tiny` is the measured comparison, "
               "see BENCHMARKS.md)")
     print(f"\ndone in {time.perf_counter() - start:.0f} s")
