@@ -18,7 +18,7 @@ from growkit.ops import METHODS, grow_fixed
 from growkit.ops.depth import deepen
 from growkit.ops.mango import MangoOperator, Packing, _placements, parameter_count
 from growkit.ops import mango_contract
-from growkit.ops.mango_contract import chain_plan, ring_map, ring_plan, run_plan
+from growkit.ops.mango_contract import chain_plan, ring_map, ring_map_split, ring_plan, run_plan
 from growkit.ops.width import _new_output_units, _next_layer, widen_tensor
 
 GROW = {"hidden_size": 64, "num_hidden_layers": 4}
@@ -106,6 +106,64 @@ def test_the_layout_plan_gradients_are_right():
     x = torch.randn(2, 3, 2, 2, 2, dtype=torch.float64)
     cores = [c.requires_grad_() for c in _cores(2, SIZES, seed=4)]
     assert torch.autograd.gradcheck(lambda *c: ring_map(x, list(c)), cores)
+
+
+#: B and L cores small beside D: their steps are cheap, so a rank-1 map recomputes their outputs
+CHEAP_BL = [(4, 4), (24, 40), (24, 40), (3, 3)]
+
+
+@pytest.mark.parametrize("rank,sizes,max_elements", [
+    (1, CHEAP_BL, 2**30), (2, CHEAP_BL, 2**30), (3, SIZES, 2**30), (2, SIZES, 8),  # the last one chunked
+])
+def test_a_split_map_equals_the_whole_map_split(rank, sizes, max_elements):
+    x = torch.randn(*(n1 for n1, _ in sizes), dtype=torch.float64)
+    cores = _cores(rank, sizes, seed=5)
+    split = [1, sizes[0][1] - 2, 1]
+    whole = ring_map(x, cores).split(split)
+    pieces = ring_map_split(x, cores, split, max_elements=max_elements)
+    assert [p.shape for p in pieces] == [w.shape for w in whole]
+    assert all((p - w).abs().max() < 1e-10 * w.abs().max() for p, w in zip(pieces, whole))
+    weights = [torch.randn_like(w) for w in whole]
+    leaves = [c.detach().requires_grad_() for c in cores]
+    torch.autograd.backward(ring_map_split(x, leaves, split, max_elements=max_elements), weights)
+    expected = torch.autograd.grad(ring_map(x, cores := [c.detach().requires_grad_() for c in cores]), cores, torch.cat(weights))
+    assert all((c.grad - e).abs().max() < 1e-10 * e.abs().max() for c, e in zip(leaves, expected))
+
+
+def _stored_elements(x, cores) -> int:
+    """Elements autograd keeps for the backward pass of the map (distinct storages, inputs excluded)."""
+    kept, inputs = {}, {t.untyped_storage().data_ptr() for t in (x, *cores)}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in inputs:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes() // t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ring_map(x, cores)
+    return sum(kept.values())
+
+
+def test_cheap_steps_are_recomputed_instead_of_stored(monkeypatch):
+    x = mango_contract.source_layout(torch.randn(4, 24, 24, 3, dtype=torch.float64), [(1, n1, n2, 1) for n1, n2 in CHEAP_BL])
+    cores = [c.requires_grad_() for c in _cores(1, CHEAP_BL, seed=6)]
+    plan = ring_plan(tuple(tuple(t.shape) for t in (x, *cores)))
+    assert [len(segment) for segment in mango_contract._segments(plan.steps, plan.flops)] == [3, 1]  # B, L, I | O
+    grads = torch.autograd.grad(ring_map(x, cores).square().sum(), cores)
+    stored = _stored_elements(x, cores)
+    assert stored <= 4 * 40 * 24 * 3 + 24 * 40  # the last step's input (B2 x D2 x D1 x L2), its core at most
+    monkeypatch.setattr(mango_contract, "RECOMPUTE", 0.0)  # every step expensive: everything stored
+    assert _stored_elements(x, cores) > 2 * stored
+    plain = torch.autograd.grad(ring_map(x, cores).square().sum(), cores)
+    assert all((g - p).abs().max() < 1e-10 * p.abs().max() for g, p in zip(grads, plain))
+
+
+def test_source_layout_keeps_the_values_in_the_order_the_map_reads():
+    x = torch.randn(4, 24, 24, 3, dtype=torch.float64)
+    core_shapes = [(1, n1, n2, 1) for n1, n2 in CHEAP_BL]
+    laid = mango_contract.source_layout(x, core_shapes)
+    assert torch.equal(laid, x)
+    assert laid.permute(ring_plan((tuple(x.shape), *core_shapes)).source_perm).is_contiguous()
 
 
 def test_a_path_that_is_not_a_chain_is_left_to_opt_einsum():

@@ -106,7 +106,7 @@ from ..core.canonical import GROWABLE, Canonical, Dims, parse_axis
 from ..core.errors import GrowError
 from . import METHODS, WIDTH_OPS, Method, register
 from .depth import DEPTH_MAPS, POST_NORM_FAMILIES, RESIDUAL_OUTPUTS
-from .mango_contract import MAX_ELEMENTS, ring_map, ring_path
+from .mango_contract import MAX_ELEMENTS, ring_map, ring_map_split, ring_path, source_layout
 from .operator import GrowthOperator
 from .width import AxisMap, WidthMap
 
@@ -479,11 +479,13 @@ class MangoOperator(GrowthOperator):
         self.s_b, self.s_i, self.s_o, self.s_l = (nn.Parameter(core) for core in (s_b, s_i, s_o, s_l))
         tensors = {n: t.detach() for n, t in source.tensors.items()}
         m1 = [self.placements[n].pack(tensors[n], self.src.layouts) for n in self.src.matrices]
-        self.register_buffer("m1", torch.cat(m1), persistent=False)
+        m1 = source_layout(torch.cat(m1), [tuple(c.shape) for c in self.cores()])
+        self.register_buffer("m1", m1, persistent=False)
         self._others = [n for n, p in self.placements.items() if p.grown and not p.is_matrix]
         self._homes = {n: _home(n, self.placements[n], self.src, self.tgt) for n in self._others}
         for i, name in enumerate(self._others):
             packed = self.placements[name].pack(tensors[name], self.src.layouts)
+            packed = source_layout(packed, [tuple(c.shape) for c in self._collapsed_cores(name)])
             self.register_buffer(f"packed_{i}", packed, persistent=False)
 
     def cores(self) -> list[Tensor]:
@@ -495,14 +497,9 @@ class MangoOperator(GrowthOperator):
         return [(self.m1, self.cores())] + others
 
     def forward(self) -> dict[str, Tensor]:
-        m2, *others = (ring_map(x, cores, self.max_elements) for x, cores in self.contractions())
-        # One split, not a slice per matrix (each slice's backward builds an M2-sized zero gradient),
-        # taken in M2's memory order (the contraction may return a permuted view), so that the
-        # backward gathers the gradient in that order instead of permuting it once more.
-        order = sorted(range(m2.dim()), key=lambda d: -m2.stride(d))
         sizes = [self.tgt.grid[n][0] * self.tgt.grid[n][1] for n in self.tgt.matrices]
-        back = tuple(order.index(d) for d in range(m2.dim()))
-        pieces = [p.permute(back) for p in m2.permute(order).split(sizes, dim=order.index(0))]
+        pieces = ring_map_split(self.m1, self.cores(), sizes, max_elements=self.max_elements)
+        others = [ring_map(x, cores, self.max_elements) for x, cores in self.contractions()[1:]]
         out = {name: self.placements[name].unpack(piece, self.tgt.layouts) for name, piece in zip(self.tgt.matrices, pieces)}
         out.update({name: self.placements[name].unpack(y, self.tgt.layouts) for name, y in zip(self._others, others)})
         return {name: out[name] if name in out else self.source_tensor(name) for name in self._source_names}

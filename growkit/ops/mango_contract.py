@@ -28,7 +28,17 @@ pays one permute. The layout is chosen by a small cost model (matmul time,
 memory traffic, per-batch overhead) over all candidates, cached per shape.
 
 Memory: every intermediate of that order holds about ``R^2 |Y| / 2`` numbers and
-autograd keeps them for the backward pass. When the largest one exceeds
+autograd would keep each for the backward pass. Three things keep fewer:
+
+- the steps that only sum a small core (under ``RECOMPUTE`` of the FLOPs) and
+  lead to an expensive step are checkpointed, so their outputs are recomputed
+  in the backward pass (about 1% more FLOPs) instead of stored;
+- a fixed source laid out once in the order the plan reads it
+  (:func:`source_layout`) is read as a view, not copied and kept;
+- :func:`ring_map_split` hands the output over in pieces along one core's
+  target axis, so neither it nor its gradient is ever assembled whole.
+
+When the largest intermediate exceeds
 ``max_elements``, the map is computed in chunks of the core whose target axis is
 longest (slicing a core's target axis slices the output and leaves the rest of
 the problem intact, so no work is repeated) and each chunk is checkpointed: its
@@ -39,7 +49,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import opt_einsum as oe
@@ -50,6 +60,8 @@ Tensor = torch.Tensor
 
 #: above this many elements in one intermediate, the map is chunked and checkpointed (4 GiB of fp32)
 MAX_ELEMENTS = 2**30
+#: a step under this share of a map's FLOPs is cheap: its output is recomputed, not stored, for the backward pass
+RECOMPUTE = 0.05
 
 
 def ring_equation(n_lead: int, n_cores: int) -> str:
@@ -107,6 +119,7 @@ class Step:
     pre: int
     k: int
     core_perm: tuple[int, ...]
+    flops: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,10 @@ class Plan:
     steps: tuple[Step, ...]
     out_perm: tuple[int, ...]
     cost: float
+
+    @property
+    def flops(self) -> float:
+        return sum(step.flops for step in self.steps)
 
 
 def _chain(path: list[tuple[int, ...]], n_cores: int) -> list[int] | None:
@@ -181,12 +198,16 @@ def _search(x_axes: tuple[str, ...], n_lead: int, order: list[int], size: dict[s
         for new_order in itertools.permutations(new):
             core_perm = tuple(axes.index(a) for a in (*kk, *new_order))
             nz = pre + tuple(new_order) + post
-            walk(source_perm, nz, i + 1, (*steps, Step(k, copy, len(pre), len(kk), core_perm)), cost + step_cost)
+            step = Step(k, copy, len(pre), len(kk), core_perm, float(flops))
+            walk(source_perm, nz, i + 1, (*steps, step), cost + step_cost)
 
     lead = x_axes[:n_lead]
-    for perm in itertools.permutations(range(n_lead, n_lead + n)):
+    identity = tuple(range(n_lead, n_lead + n))
+    for perm in itertools.permutations(identity):
         source_perm = tuple(range(n_lead)) + perm
-        walk(source_perm, lead + tuple(x_axes[j] for j in perm), 0, (), 0.0)
+        # a reordered source is copied by the first step's reshape (and that copy is kept for the backward)
+        copy_cost = 0.0 if perm == identity else 2 * 4 * numel(x_axes) / (_BANDWIDTH / 2)
+        walk(source_perm, lead + tuple(x_axes[j] for j in perm), 0, (), copy_cost)
     assert best[0] is not None
     return best[0]
 
@@ -244,8 +265,36 @@ class _SharedBmm(torch.autograd.Function):
 
 def run_plan(plan: Plan, x: Tensor, cores: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
     """Contract ``x`` with the ring of ``cores`` step by step as ``plan`` lays it out."""
-    z = x.permute(plan.source_perm)
-    for step in plan.steps:
+    return _run_steps(x.permute(plan.source_perm), plan.steps, cores, plan.flops).permute(plan.out_perm)
+
+
+def _segments(steps: tuple[Step, ...], total: float) -> list[tuple[Step, ...]]:
+    """The steps cut after every expensive one (more than ``RECOMPUTE`` of ``total`` FLOPs)."""
+    segments, current = [], []
+    for step in steps:
+        current.append(step)
+        if step.flops > RECOMPUTE * total:
+            segments.append(tuple(current))
+            current = []
+    return segments + ([tuple(current)] if current else [])
+
+
+def _run_steps(z: Tensor, steps: tuple[Step, ...], cores: tuple[Tensor, ...] | list[Tensor], total: float) -> Tensor:
+    """Run ``steps``; under grad, cheap steps that lead to an expensive one are checkpointed.
+
+    Their inputs are then recomputed in the backward pass instead of stored (the expensive
+    step's own matmul is not: recomputation stops once its inputs are back).
+    """
+    for segment in _segments(steps, total):
+        if len(segment) > 1 and segment[-1].flops > RECOMPUTE * total and torch.is_grad_enabled():
+            z = checkpoint(_run_segment, z, segment, *cores, use_reentrant=False)
+        else:
+            z = _run_segment(z, segment, *cores)
+    return z
+
+
+def _run_segment(z: Tensor, steps: tuple[Step, ...], *cores: Tensor) -> Tensor:
+    for step in steps:
         if step.copy is not None:
             z = z.permute(step.copy)
         shape = z.shape
@@ -261,7 +310,19 @@ def run_plan(plan: Plan, x: Tensor, cores: tuple[Tensor, ...] | list[Tensor]) ->
         else:
             y = _SharedBmm.apply(w.t(), z.reshape(n_pre, n_summed, n_post))
         z = y.reshape(*pre, *new, *post)
-    return z.permute(plan.out_perm)
+    return z
+
+
+def source_layout(x: Tensor, core_shapes: list[tuple[int, ...]]) -> Tensor:
+    """``x`` with the same shape and values, stored in the memory order its ring map reads it.
+
+    A fixed source (Mango's packed M1) laid out once this way is read by the map's first
+    step as a view: no copy per call, and none kept for the backward pass.
+    """
+    plan = ring_plan((tuple(x.shape), *map(tuple, core_shapes)))
+    if plan is None:
+        return x
+    return x.permute(plan.source_perm).contiguous().permute(tuple(plan.source_perm.index(d) for d in range(x.dim())))
 
 
 def _contract(x: Tensor, *cores: Tensor) -> Tensor:
@@ -291,3 +352,32 @@ def ring_map(x: Tensor, cores: list[Tensor], max_elements: int = MAX_ELEMENTS) -
         else:
             chunks.append(_contract(x, *part))
     return torch.cat(chunks, dim=out_dim)
+
+
+def ring_map_split(
+    x: Tensor, cores: list[Tensor], sizes: list[int], core: int = 0, max_elements: int = MAX_ELEMENTS
+) -> list[Tensor]:
+    """``ring_map(x, cores).split(sizes, dim)`` along core ``core``'s target axis, without building the whole.
+
+    Each piece runs the chain from the step that meets ``core`` on with that core's slice,
+    sharing the steps before it, so no work is repeated and the output is never
+    assembled: forward and backward each skip one output-sized buffer, and a consumer
+    that copies a piece (an unpack) frees it at once.
+    """
+    shapes = tuple(tuple(t.shape) for t in (x, *cores))
+    out_dim = x.dim() - len(cores) + core
+    plan = ring_plan(shapes)
+    if plan is None or _largest_intermediate(shapes) > max_elements:
+        return list(ring_map(x, cores, max_elements).split(sizes, dim=out_dim))
+    i = next(j for j, step in enumerate(plan.steps) if step.core == core)
+    z = _run_steps(x.permute(plan.source_perm), plan.steps[:i], cores, plan.flops)
+    first = plan.steps[i]
+    if first.copy is not None:
+        z, first = z.permute(first.copy), replace(first, copy=None)
+    z = z.contiguous()  # laid out once for every piece, not copied by each piece's first matmul
+    pieces = []
+    for piece in cores[core].split(sizes, dim=2):
+        part = list(cores)
+        part[core] = piece
+        pieces.append(_run_steps(z, (first, *plan.steps[i + 1:]), part, plan.flops).permute(plan.out_perm))
+    return pieces
