@@ -9,8 +9,8 @@ Per case:
 - the parameter count (counted and by formula);
 - ``materialize`` (no grad), ``forward`` (graph built) and forward + backward
   (cotangent ones on every target tensor) of the whole operator, and forward +
-  backward of the bare M1 -> M2 contraction (what the memory target is about:
-  the whole operator also holds the unpacked target tensors and their cotangents);
+  backward of the bare M1 -> M2 contraction (skipped with ``--whole-only``: the
+  whole operator also holds the unpacked target tensors and their cotangents);
 - the FLOPs of all its ring contractions (opt_einsum's path cost; backward is
   counted as twice the forward) and the GFLOP/s achieved;
 - a plain fp32 3072^3 matmul's GFLOP/s, measured in the same process just before
@@ -103,7 +103,8 @@ def sizes(shape: str, rank: int) -> dict:
 
 
 def run_case(shape: str, rank: int, mode: str, max_elements: int, repeats: int = 2) -> dict:
-    """Measure one case; ``mode`` is "full", "naive" (full plus the naive comparison) or "probe" (materialize only)."""
+    """Measure one case; ``mode`` is "full", "naive" (full plus the naive comparison), "whole" (full
+    without the bare contraction) or "probe" (materialize only)."""
     info = sizes(shape, rank)
     source, target = info["source"], info["target"]
     reference = matmul_gflops()
@@ -136,10 +137,12 @@ def run_case(shape: str, rank: int, mode: str, max_elements: int, repeats: int =
     row["fwd_bwd_s"], peak, _ = timed(lambda: _forward_backward(op, row))
     row["fwd_bwd_peak_gb"] = (peak + m1.numel() * 4) / GB
     row["fwd_bwd_peak_vs_target"] = (peak + m1.numel() * 4) / (3 * floats * 4)
+    row["fwd_bwd_gflops"] = 3 * flops / row["fwd_bwd_s"] / 1e9
+    if mode == "whole":
+        return row
     row["contract_fwd_bwd_s"], peak, _ = timed(lambda: _contract_backward(m1, op.cores(), max_elements))
     row["contract_fwd_bwd_peak_gb"] = (peak + m1.numel() * 4) / GB
     row["contract_fwd_bwd_peak_vs_target"] = (peak + m1.numel() * 4) / (3 * floats * 4)
-    row["fwd_bwd_gflops"] = 3 * flops / row["fwd_bwd_s"] / 1e9
     if mode == "naive":
         eq, cores = ring_equation(0, 4), [c.detach() for c in op.cores()]
         row["naive_flops"] = float(oe.contract_path(eq, m1, *cores, optimize=NAIVE_PATH)[1].opt_cost)
@@ -216,6 +219,7 @@ def main() -> None:
     parser.add_argument("--probe", action="store_true", help="still time materialize (only) for the skipped cases")
     parser.add_argument("--max-elements", type=int, default=MAX_ELEMENTS, help="chunk above this intermediate size")
     parser.add_argument("--repeats", type=int, default=2, help="timings of the naive comparison (best of)")
+    parser.add_argument("--whole-only", action="store_true", help="skip the bare contraction's forward + backward (long cases)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: SHAPE:RANK:MODE, run in a child process
@@ -235,7 +239,7 @@ def main() -> None:
                 row = estimate(shape, rank, rate, args.max_elements)
                 mode = "probe" if args.probe else None
             else:
-                mode = "naive" if shape == "deit" and rank in args.naive_ranks else "full"
+                mode = "naive" if shape == "deit" and rank in args.naive_ranks else "whole" if args.whole_only else "full"
             if mode:
                 cmd = [sys.executable, __file__, "--case", f"{shape}:{rank}:{mode}", "--threads", str(args.threads),
                        "--max-elements", str(args.max_elements), "--repeats", str(args.repeats)]
