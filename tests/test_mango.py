@@ -115,7 +115,8 @@ CHEAP_BL = [(4, 4), (24, 40), (24, 40), (3, 3)]
 @pytest.mark.parametrize("rank,sizes,max_elements", [
     (1, CHEAP_BL, 2**30), (2, CHEAP_BL, 2**30), (3, SIZES, 2**30), (2, SIZES, 8),  # the last one chunked
 ])
-def test_a_split_map_equals_the_whole_map_split(rank, sizes, max_elements):
+def test_a_split_map_equals_the_whole_map_split(rank, sizes, max_elements, monkeypatch):
+    monkeypatch.setattr(mango_contract, "SMALL", 0)  # split (and recompute) even at these sizes
     x = torch.randn(*(n1 for n1, _ in sizes), dtype=torch.float64)
     cores = _cores(rank, sizes, seed=5)
     split = [1, sizes[0][1] - 2, 1]
@@ -145,6 +146,7 @@ def _stored_elements(x, cores) -> int:
 
 
 def test_cheap_steps_are_recomputed_instead_of_stored(monkeypatch):
+    monkeypatch.setattr(mango_contract, "SMALL", 0)
     x = mango_contract.source_layout(torch.randn(4, 24, 24, 3, dtype=torch.float64), [(1, n1, n2, 1) for n1, n2 in CHEAP_BL])
     cores = [c.requires_grad_() for c in _cores(1, CHEAP_BL, seed=6)]
     plan = ring_plan(tuple(tuple(t.shape) for t in (x, *cores)))

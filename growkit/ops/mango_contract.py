@@ -62,6 +62,8 @@ Tensor = torch.Tensor
 MAX_ELEMENTS = 2**30
 #: a step under this share of a map's FLOPs is cheap: its output is recomputed, not stored, for the backward pass
 RECOMPUTE = 0.05
+#: intermediates under this many elements are not worth the extra calls of recomputing or splitting
+SMALL = 2**22
 
 
 def ring_equation(n_lead: int, n_cores: int) -> str:
@@ -280,13 +282,14 @@ def _segments(steps: tuple[Step, ...], total: float) -> list[tuple[Step, ...]]:
 
 
 def _run_steps(z: Tensor, steps: tuple[Step, ...], cores: tuple[Tensor, ...] | list[Tensor], total: float) -> Tensor:
-    """Run ``steps``; under grad, cheap steps that lead to an expensive one are checkpointed.
+    """Run ``steps``; under grad, large cheap steps that lead to an expensive one are checkpointed.
 
     Their inputs are then recomputed in the backward pass instead of stored (the expensive
     step's own matmul is not: recomputation stops once its inputs are back).
     """
     for segment in _segments(steps, total):
-        if len(segment) > 1 and segment[-1].flops > RECOMPUTE * total and torch.is_grad_enabled():
+        worth = len(segment) > 1 and segment[-1].flops > RECOMPUTE * total and z.numel() >= SMALL
+        if worth and torch.is_grad_enabled():
             z = checkpoint(_run_segment, z, segment, *cores, use_reentrant=False)
         else:
             z = _run_segment(z, segment, *cores)
@@ -367,7 +370,7 @@ def ring_map_split(
     shapes = tuple(tuple(t.shape) for t in (x, *cores))
     out_dim = x.dim() - len(cores) + core
     plan = ring_plan(shapes)
-    if plan is None or _largest_intermediate(shapes) > max_elements:
+    if plan is None or not SMALL <= _largest_intermediate(shapes) <= max_elements:
         return list(ring_map(x, cores, max_elements).split(sizes, dim=out_dim))
     i = next(j for j, step in enumerate(plan.steps) if step.core == core)
     z = _run_steps(x.permute(plan.source_perm), plan.steps[:i], cores, plan.flops)
