@@ -35,8 +35,9 @@ autograd would keep each for the backward pass. Three things keep fewer:
   in the backward pass (about 1% more FLOPs) instead of stored;
 - a fixed source laid out once in the order the plan reads it
   (:func:`source_layout`) is read as a view, not copied and kept;
-- :func:`ring_map_split` hands the output over in pieces along one core's
-  target axis, so neither it nor its gradient is ever assembled whole.
+- :func:`ring_map_split` hands the output over in pieces along the target axis
+  of the core met first (Mango's S_B at R = 1), so neither the output nor its
+  gradient is ever assembled whole.
 
 When the largest intermediate exceeds
 ``max_elements``, the map is computed in chunks of the core whose target axis is
@@ -362,19 +363,19 @@ def ring_map_split(
 ) -> list[Tensor]:
     """``ring_map(x, cores).split(sizes, dim)`` along core ``core``'s target axis, without building the whole.
 
-    Each piece runs the chain from the step that meets ``core`` on with that core's slice,
-    sharing the steps before it, so no work is repeated and the output is never
-    assembled: forward and backward each skip one output-sized buffer, and a consumer
-    that copies a piece (an unpack) frees it at once.
+    When the plan meets ``core`` first, each piece runs the whole chain with that core's
+    slice, so no work is repeated and the output is never assembled: forward and
+    backward each skip one output-sized buffer, and a consumer that copies a piece
+    (an unpack) frees it at once. Otherwise (Mango at R > 1) the pieces would share the
+    steps before ``core``, and accumulating those steps' gradient over the pieces
+    costs more than the assembly it saves: the whole map is split instead.
     """
     shapes = tuple(tuple(t.shape) for t in (x, *cores))
-    out_dim = x.dim() - len(cores) + core
     plan = ring_plan(shapes)
-    if plan is None or not SMALL <= _largest_intermediate(shapes) <= max_elements:
-        return list(ring_map(x, cores, max_elements).split(sizes, dim=out_dim))
-    i = next(j for j, step in enumerate(plan.steps) if step.core == core)
-    z = _run_steps(x.permute(plan.source_perm), plan.steps[:i], cores, plan.flops)
-    first = plan.steps[i]
+    if plan is None or plan.steps[0].core != core or not SMALL <= _largest_intermediate(shapes) <= max_elements:
+        return list(ring_map(x, cores, max_elements).split(sizes, dim=x.dim() - len(cores) + core))
+    first, *rest = plan.steps
+    z = x.permute(plan.source_perm)
     if first.copy is not None:
         z, first = z.permute(first.copy), replace(first, copy=None)
     z = z.contiguous()  # laid out once for every piece, not copied by each piece's first matmul
@@ -382,5 +383,5 @@ def ring_map_split(
     for piece in cores[core].split(sizes, dim=2):
         part = list(cores)
         part[core] = piece
-        pieces.append(_run_steps(z, (first, *plan.steps[i + 1:]), part, plan.flops).permute(plan.out_perm))
+        pieces.append(_run_steps(z, (first, *rest), part, plan.flops).permute(plan.out_perm))
     return pieces
