@@ -205,12 +205,9 @@ def _search(x_axes: tuple[str, ...], n_lead: int, order: list[int], size: dict[s
             walk(source_perm, nz, i + 1, (*steps, step), cost + step_cost)
 
     lead = x_axes[:n_lead]
-    identity = tuple(range(n_lead, n_lead + n))
-    for perm in itertools.permutations(identity):
+    for perm in itertools.permutations(range(n_lead, n_lead + n)):  # free for a source laid out once (source_layout)
         source_perm = tuple(range(n_lead)) + perm
-        # a reordered source is copied by the first step's reshape (and that copy is kept for the backward)
-        copy_cost = 0.0 if perm == identity else 2 * 4 * numel(x_axes) / (_BANDWIDTH / 2)
-        walk(source_perm, lead + tuple(x_axes[j] for j in perm), 0, (), copy_cost)
+        walk(source_perm, lead + tuple(x_axes[j] for j in perm), 0, (), 0.0)
     assert best[0] is not None
     return best[0]
 
