@@ -26,6 +26,11 @@ floats; a peak reported adds |M1| (allocated with the operator, before the
 phase) to the phase's own growth. Cases above ``--max-tflop`` (forward) are not run: their
 FLOPs and an estimate from the measured throughput are printed instead.
 
+``--reuse-memory`` runs the cases with glibc's mmap off and no trimming
+(``MALLOC_MMAP_MAX_=0``, ``MALLOC_TRIM_THRESHOLD_``), so freed intermediates are
+reused instead of faulted in fresh, which is slow on some VMs. Peaks then read low:
+memory kept from an earlier phase is not counted as growth. Use it for times only.
+
     nohup python benchmarks/mango_operator.py --out mango.json > mango.log 2>&1 &
     python benchmarks/mango_operator.py --shapes deit --ranks 1 2 --naive-ranks 2
 """
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -49,6 +55,8 @@ GB = 2**30
 #: the naive order as opt_einsum path steps over (M1, S_B, S_I, S_O, S_L): I, then O, then L, then B
 NAIVE_PATH = [(0, 2), (1, 3), (1, 2), (0, 1)]
 NAIVE_ORDER = (1, 2, 3, 0)  #: the same order as core indices (S_B, S_I, S_O, S_L), for growkit's layout planner
+#: glibc settings that keep freed memory in the process (no mmap for large blocks, no trimming)
+REUSE_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_TOP_PAD_": str(2**28)}
 SHAPES = {
     "deit": (
         lambda: ViTForImageClassification(
@@ -235,6 +243,7 @@ def main() -> None:
     parser.add_argument("--max-elements", type=int, default=MAX_ELEMENTS, help="chunk above this intermediate size")
     parser.add_argument("--repeats", type=int, default=2, help="timings of the naive comparison (best of)")
     parser.add_argument("--whole-only", action="store_true", help="skip the bare contraction's forward + backward (long cases)")
+    parser.add_argument("--reuse-memory", action="store_true", help="glibc keeps freed memory for reuse (times only)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: SHAPE:RANK:MODE, run in a child process
@@ -244,6 +253,7 @@ def main() -> None:
         shape, rank, mode = args.case.split(":")
         print(json.dumps(run_case(shape, int(rank), mode, args.max_elements, args.repeats)), flush=True)
         return
+    env = {**os.environ, **(REUSE_MEMORY if args.reuse_memory else {})}
     rows = []
     for shape in args.shapes:
         measured: list[float] = []  # this shape's whole-operator GFLOP/s, for the estimates
@@ -258,7 +268,7 @@ def main() -> None:
             if mode:
                 cmd = [sys.executable, __file__, "--case", f"{shape}:{rank}:{mode}", "--threads", str(args.threads),
                        "--max-elements", str(args.max_elements), "--repeats", str(args.repeats)]
-                done = subprocess.run(cmd, capture_output=True, text=True)
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if done.returncode:
                     row["error"] = done.stderr.strip().splitlines()[-1:]
                 else:
