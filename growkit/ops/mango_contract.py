@@ -115,6 +115,7 @@ class Step:
     ``copy`` permutes ``z`` first (None: it is laid out already); then ``z`` is viewed as
     ``[pre, K, post]`` (``pre`` and ``k`` count axes) and ``core_perm`` orders the core's
     axes as (summed axes in ``z``'s order, new axes in the order they take in ``z``).
+    ``flops`` is the step's cost at the planned sizes (what decides recomputation).
     """
 
     core: int
