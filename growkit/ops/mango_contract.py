@@ -130,8 +130,7 @@ class Step:
 class Plan:
     """A chain's layout: ``source_perm`` orders ``x``'s axes, ``out_perm`` restores the output's.
 
-    The output is returned as a permuted view; a consumer that splits it should do so in its
-    memory order (see ``MangoOperator.forward``), or the backward pays one more permute.
+    The output is returned as a permuted view of the last step's result (no copy).
     """
 
     source_perm: tuple[int, ...]
