@@ -18,6 +18,7 @@ from growkit.ops import METHODS, grow_fixed
 from growkit.ops.depth import deepen
 from growkit.ops.mango import MangoOperator, Packing, _placements, parameter_count
 from growkit.ops import mango_contract
+from growkit.ops.mango_chunks import Chunk, Workspace, chunked_ring_map
 from growkit.ops.mango_contract import chain_plan, ring_map, ring_map_split, ring_plan, run_plan
 from growkit.ops.width import _new_output_units, _next_layer, widen_tensor
 
@@ -106,6 +107,56 @@ def test_the_layout_plan_gradients_are_right():
     x = torch.randn(2, 3, 2, 2, 2, dtype=torch.float64)
     cores = [c.requires_grad_() for c in _cores(2, SIZES, seed=4)]
     assert torch.autograd.gradcheck(lambda *c: ring_map(x, list(c)), cores)
+
+
+def _chunks(shapes, order, core: int, size: int) -> list[Chunk]:
+    """``chain_plan(order)`` for every chunk of ``size`` along core ``core``'s target axis."""
+    chunks, n = [], shapes[core + 1][2]
+    for start in range(0, n, size):
+        part = list(shapes)
+        part[core + 1] = (*shapes[core + 1][:2], min(size, n - start), shapes[core + 1][3])
+        chunks.append(Chunk(chain_plan(tuple(part), order), core, start, min(size, n - start)))
+    return chunks
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+@pytest.mark.parametrize("lead", [(), (3, 2)])
+@pytest.mark.parametrize("order", [(1, 0, 3, 2), (0, 1, 2, 3), (2, 0, 3, 1)])  # the last two permute twice or more
+@pytest.mark.parametrize("core", [0, 2])
+def test_a_chunked_map_in_a_workspace_equals_opt_einsum(rank, lead, order, core):
+    sizes = [(5, 7), (4, 6), (3, 8), (2, 5)]
+    cores = [c.requires_grad_() for c in _cores(rank, sizes, seed=7)]
+    x = torch.randn(*lead, *(n1 for n1, _ in sizes), dtype=torch.float64)
+    shapes = tuple(tuple(t.shape) for t in (x, *cores))
+    expected = mango_contract._expression(shapes)(x, *cores, backend="torch")
+    workspace = Workspace()
+    got = chunked_ring_map(x, cores, _chunks(shapes, order, core, 3), len(lead) + core, workspace)
+    assert (got - expected).abs().max() < 1e-12 * expected.abs().max()
+    weight = torch.randn_like(expected)
+    want = torch.autograd.grad(expected, cores, weight)
+    grads = torch.autograd.grad(got, cores, weight)
+    assert all((g - w).abs().max() < 1e-12 * w.abs().max() for g, w in zip(grads, want))
+
+
+def test_the_workspace_is_reused_across_chunks_and_calls():
+    cores = [c.requires_grad_() for c in _cores(2, SIZES, seed=8)]
+    x = torch.randn(3, 2, 2, 2, dtype=torch.float64)
+    workspace = Workspace()
+    ring_map(x, cores, max_elements=8, workspace=workspace).sum().backward()
+    buffers = [b.data_ptr() for b in workspace._buffers]
+    assert len(buffers) == 4  # a chain of four steps: four buffers for the backward pass, two of them for the forward
+    first = [c.grad.clone() for c in cores]
+    for c in cores:
+        c.grad = None
+    ring_map(x, cores, max_elements=8, workspace=workspace).sum().backward()
+    assert [b.data_ptr() for b in workspace._buffers] == buffers
+    assert all(torch.equal(c.grad, f) for c, f in zip(cores, first))
+
+
+def test_a_chunked_map_of_a_source_that_needs_a_gradient_goes_through_autograd():
+    x = torch.randn(3, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    cores = [c.requires_grad_() for c in _cores(2, SIZES, seed=9)]
+    assert torch.autograd.gradcheck(lambda x, *c: ring_map(x, list(c), max_elements=8), (x, *cores))
 
 
 #: B and L cores small beside D: their steps are cheap, so a rank-1 map recomputes their outputs

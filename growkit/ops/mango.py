@@ -106,6 +106,7 @@ from ..core.canonical import GROWABLE, Canonical, Dims, parse_axis
 from ..core.errors import GrowError
 from . import METHODS, WIDTH_OPS, Method, register
 from .depth import DEPTH_MAPS, POST_NORM_FAMILIES, RESIDUAL_OUTPUTS
+from .mango_chunks import Workspace
 from .mango_contract import MAX_ELEMENTS, ring_map, ring_map_split, ring_path, source_layout
 from .operator import GrowthOperator
 from .width import AxisMap, WidthMap
@@ -458,7 +459,8 @@ class MangoOperator(GrowthOperator):
     """Target weights = the tensor-ring map of the packed source; only the four cores are fit.
 
     ``max_elements`` bounds one intermediate of the contraction; above it the map
-    is chunked and checkpointed (see :mod:`~growkit.ops.mango_contract`).
+    is chunked (see :mod:`~growkit.ops.mango_contract`) and runs in the operator's
+    ``workspace``, kept between calls so that the fit's steps reuse its memory.
     """
 
     def __init__(
@@ -477,6 +479,7 @@ class MangoOperator(GrowthOperator):
         method = METHODS[init]
         noise = WIDTH_OPS[method.width].get("noise", 0.0) if noise is None else float(noise)
         self.rank, self.init, self.max_elements = rank, init, max_elements
+        self.workspace = Workspace()
         self.placements = _placements(source)
         self.src, self.tgt = Packing(self.placements, source.dims), Packing(self.placements, target_dims)
         gen = torch.Generator().manual_seed(seed)
@@ -517,8 +520,8 @@ class MangoOperator(GrowthOperator):
 
     def forward(self) -> dict[str, Tensor]:
         sizes = [self.tgt.grid[n][0] * self.tgt.grid[n][1] for n in self.tgt.matrices]
-        pieces = ring_map_split(self.m1, self.cores(), sizes, max_elements=self.max_elements)
-        others = [ring_map(x, cores, self.max_elements) for x, cores in self.contractions()[1:]]
+        pieces = ring_map_split(self.m1, self.cores(), sizes, max_elements=self.max_elements, workspace=self.workspace)
+        others = [ring_map(x, cores, self.max_elements, self.workspace) for x, cores in self.contractions()[1:]]
         out = {name: self.placements[name].unpack(piece, self.tgt.layouts) for name, piece in zip(self.tgt.matrices, pieces)}
         out.update({name: self.placements[name].unpack(y, self.tgt.layouts) for name, y in zip(self._others, others)})
         return {name: out[name] if name in out else self.source_tensor(name) for name in self._source_names}

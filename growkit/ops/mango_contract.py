@@ -40,11 +40,12 @@ autograd would keep each for the backward pass. Three things keep fewer:
   gradient is ever assembled whole.
 
 When the largest intermediate exceeds
-``max_elements``, the map is computed in chunks of the core whose target axis is
-longest (slicing a core's target axis slices the output and leaves the rest of
-the problem intact, so no work is repeated) and each chunk is checkpointed: its
-intermediates are recomputed in the backward pass instead of being stored, at
-the price of one more forward.
+``max_elements``, the map is computed in chunks (of at most ``CHUNK_ELEMENTS`` per
+intermediate) of the core whose target axis is longest (slicing a core's target axis slices the output and leaves the rest of
+the problem intact, so no work is repeated). The chunks run in one reused
+workspace with a hand-written backward that recomputes each chunk's forward
+(:mod:`growkit.ops.mango_chunks`); a chunked map whose order is not a chain, or
+whose source needs a gradient, checkpoints each chunk through autograd instead.
 """
 from __future__ import annotations
 
@@ -57,10 +58,15 @@ import opt_einsum as oe
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .mango_chunks import Chunk, Workspace, chunked_ring_map
+
 Tensor = torch.Tensor
 
-#: above this many elements in one intermediate, the map is chunked and checkpointed (4 GiB of fp32)
+#: above this many elements in one intermediate, the map is chunked (4 GiB of fp32)
 MAX_ELEMENTS = 2**30
+#: a chunk's largest intermediate holds at most this many elements (1 GiB of fp32): its
+#: workspace (one buffer of this size per step) then stays small, and smaller chunks cost no speed
+CHUNK_ELEMENTS = 2**28
 #: a step under this share of a map's FLOPs is cheap: its output is recomputed, not stored, for the backward pass
 RECOMPUTE = 0.05
 #: intermediates under this many elements are not worth the extra calls of recomputing or splitting
@@ -334,18 +340,27 @@ def _contract(x: Tensor, *cores: Tensor) -> Tensor:
     return run_plan(plan, x, cores)
 
 
-def ring_map(x: Tensor, cores: list[Tensor], max_elements: int = MAX_ELEMENTS) -> Tensor:
-    """Apply the ring of ``cores`` to the trailing axes of ``x`` (see the module docstring)."""
+def ring_map(x: Tensor, cores: list[Tensor], max_elements: int = MAX_ELEMENTS, workspace: Workspace | None = None) -> Tensor:
+    """Apply the ring of ``cores`` to the trailing axes of ``x`` (see the module docstring).
+
+    A chunked map runs in ``workspace`` (:mod:`growkit.ops.mango_chunks`); a caller that maps
+    repeatedly passes the same one, so that its memory is reused across calls.
+    """
     shapes = tuple(tuple(t.shape) for t in (x, *cores))
     largest = _largest_intermediate(shapes)
     if largest <= max_elements:
         return _contract(x, *cores)
     k = max(range(len(cores)), key=lambda i: cores[i].shape[2])
-    n_chunks = min(cores[k].shape[2], math.ceil(largest / max_elements))
+    n_chunks = min(cores[k].shape[2], math.ceil(largest / min(max_elements, CHUNK_ELEMENTS)))
     size = math.ceil(cores[k].shape[2] / n_chunks)
     out_dim = x.dim() - len(cores) + k
+    pieces = cores[k].split(size, dim=2)
+    plans = [ring_plan(shapes[:k + 1] + (tuple(piece.shape),) + shapes[k + 2:]) for piece in pieces]
+    if all(plans) and not x.requires_grad:
+        chunks = [Chunk(plan, k, i * size, piece.shape[2]) for i, (plan, piece) in enumerate(zip(plans, pieces))]
+        return chunked_ring_map(x, cores, chunks, out_dim, workspace)
     chunks = []
-    for piece in cores[k].split(size, dim=2):
+    for piece in pieces:
         part = list(cores)
         part[k] = piece
         if torch.is_grad_enabled():
@@ -356,7 +371,12 @@ def ring_map(x: Tensor, cores: list[Tensor], max_elements: int = MAX_ELEMENTS) -
 
 
 def ring_map_split(
-    x: Tensor, cores: list[Tensor], sizes: list[int], core: int = 0, max_elements: int = MAX_ELEMENTS
+    x: Tensor,
+    cores: list[Tensor],
+    sizes: list[int],
+    core: int = 0,
+    max_elements: int = MAX_ELEMENTS,
+    workspace: Workspace | None = None,
 ) -> list[Tensor]:
     """``ring_map(x, cores).split(sizes, dim)`` along core ``core``'s target axis, without building the whole.
 
@@ -370,7 +390,7 @@ def ring_map_split(
     shapes = tuple(tuple(t.shape) for t in (x, *cores))
     plan = ring_plan(shapes)
     if plan is None or plan.steps[0].core != core or not SMALL <= _largest_intermediate(shapes) <= max_elements:
-        return list(ring_map(x, cores, max_elements).split(sizes, dim=x.dim() - len(cores) + core))
+        return list(ring_map(x, cores, max_elements, workspace).split(sizes, dim=x.dim() - len(cores) + core))
     first, *rest = plan.steps
     z = x.permute(plan.source_perm)
     if first.copy is not None:
