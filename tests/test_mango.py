@@ -273,6 +273,20 @@ def test_start_equals_the_fixed_operator(family, init):
         assert all(torch.equal(t, reference.tensors[n]) for n, t in out.tensors.items())
 
 
+def test_a_chunked_operator_equals_the_whole_one_and_keeps_its_workspace():
+    _, adapter, src, config = _grown("gpt2")
+    tgt = adapter.dims(config)
+    whole, chunked = (MangoOperator(src, tgt, rank=2, seed=3, max_elements=m) for m in (2**30, 4096))
+    assert mango_contract._largest_intermediate((tuple(chunked.m1.shape), *(tuple(c.shape) for c in chunked.cores()))) > 4096
+    out_whole, out_chunked = whole(), chunked()
+    assert all((out_chunked[n] - t).abs().max() < 1e-12 for n, t in out_whole.items())
+    weights = {n: torch.randn_like(t) for n, t in out_whole.items()}
+    grads = [torch.autograd.grad(sum((out[n] * w).sum() for n, w in weights.items()), op.cores())
+             for op, out in ((whole, out_whole), (chunked, out_chunked))]
+    assert all((c - w).abs().max() < 1e-12 * w.abs().max() for w, c in zip(*grads))
+    assert not whole.workspace._buffers and len(chunked.workspace._buffers) == 4  # kept for the next call
+
+
 def test_noise_breaks_symmetry_but_keeps_the_function():
     model, adapter, src, config = _grown("gpt2", {"hidden_size": 64})
     tgt = adapter.dims(config)
