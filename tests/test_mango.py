@@ -217,6 +217,12 @@ def test_source_layout_keeps_the_values_in_the_order_the_map_reads():
     laid = mango_contract.source_layout(x, core_shapes)
     assert torch.equal(laid, x)
     assert laid.permute(ring_plan((tuple(x.shape), *core_shapes)).source_perm).is_contiguous()
+    chunked = mango_contract.source_layout(x, core_shapes, max_elements=512)  # laid out for the chunks' plan
+    k, size = mango_contract._chunking((tuple(x.shape), *core_shapes), 512)
+    chunk = [(*shape[:2], size, shape[3]) if i == k else shape for i, shape in enumerate(core_shapes)]
+    assert torch.equal(chunked, x)
+    assert chunked.permute(ring_plan((tuple(x.shape), *chunk)).source_perm).is_contiguous()
+    assert not laid.permute(ring_plan((tuple(x.shape), *chunk)).source_perm).is_contiguous()
 
 
 def test_a_path_that_is_not_a_chain_is_left_to_opt_einsum():

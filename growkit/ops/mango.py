@@ -501,13 +501,13 @@ class MangoOperator(GrowthOperator):
         self.s_b, self.s_i, self.s_o, self.s_l = (nn.Parameter(core) for core in (s_b, s_i, s_o, s_l))
         tensors = {n: t.detach() for n, t in source.tensors.items()}
         m1 = [self.placements[n].pack(tensors[n], self.src.layouts) for n in self.src.matrices]
-        m1 = source_layout(torch.cat(m1), [tuple(c.shape) for c in self.cores()])
+        m1 = source_layout(torch.cat(m1), [tuple(c.shape) for c in self.cores()], max_elements)
         self.register_buffer("m1", m1, persistent=False)
         self._others = [n for n, p in self.placements.items() if p.grown and not p.is_matrix]
         self._homes = {n: _home(n, self.placements[n], self.src, self.tgt) for n in self._others}
         for i, name in enumerate(self._others):
             packed = self.placements[name].pack(tensors[name], self.src.layouts)
-            packed = source_layout(packed, [tuple(c.shape) for c in self._collapsed_cores(name)])
+            packed = source_layout(packed, [tuple(c.shape) for c in self._collapsed_cores(name)], max_elements)
             self.register_buffer(f"packed_{i}", packed, persistent=False)
 
     def cores(self) -> list[Tensor]:

@@ -109,6 +109,7 @@ def _largest_intermediate(shapes: tuple[tuple[int, ...], ...]) -> int:
 # --- layout planning ------------------------------------------------------------------
 #: cost model of one CPU matmul step (relative figures; only the ranking of layouts matters)
 _GEMM_FLOPS = 80e9  #: a large fp32 matmul, FLOP/s
+_FULL_SPEED_DIM = 96  #: a matmul with a side shorter than this runs at sqrt(side / it) of full speed (MKL, 1 thread)
 _BANDWIDTH = 8e9  #: streaming memory traffic, bytes/s; a permute copy runs at half of it
 _PER_BATCH = 1e-5  #: overhead of one matrix in a batched step (its backward loops over them), s
 _MAX_BATCHES = 4096  #: more matrices than this in a batched step: lay the summed axes last instead
@@ -201,7 +202,9 @@ def _search(x_axes: tuple[str, ...], n_lead: int, order: list[int], size: dict[s
         pre, kk, post = z_now[:p], z_now[p:p + len(summed)], z_now[p + len(summed):]
         flops = 2 * numel(pre) * numel(kk) * numel(new) * numel(post)
         traffic = 4 * (numel(z_now) + numel(pre) * numel(new) * numel(post))
-        step_cost += max(flops / _GEMM_FLOPS, traffic / _BANDWIDTH)
+        rows, cols = (numel(new), numel(post)) if post else (numel(pre), numel(new))  # one product's output
+        speed = _GEMM_FLOPS * min(1.0, math.sqrt(min(rows, cols, numel(kk)) / _FULL_SPEED_DIM))
+        step_cost += max(flops / speed, traffic / _BANDWIDTH)
         if post:
             step_cost += numel(pre) * _PER_BATCH
         for new_order in itertools.permutations(new):
@@ -320,16 +323,31 @@ def _run_segment(z: Tensor, steps: tuple[Step, ...], *cores: Tensor) -> Tensor:
     return z
 
 
-def source_layout(x: Tensor, core_shapes: list[tuple[int, ...]]) -> Tensor:
+def source_layout(x: Tensor, core_shapes: list[tuple[int, ...]], max_elements: int = MAX_ELEMENTS) -> Tensor:
     """``x`` with the same shape and values, stored in the memory order its ring map reads it.
 
     A fixed source (Mango's packed M1) laid out once this way is read by the map's first
-    step as a view: no copy per call, and none kept for the backward pass.
+    step as a view: no copy per call (or per chunk), and none kept for the backward pass.
     """
-    plan = ring_plan((tuple(x.shape), *map(tuple, core_shapes)))
+    shapes = (tuple(x.shape), *map(tuple, core_shapes))
+    chunking = _chunking(shapes, max_elements)
+    if chunking is not None:
+        k, size = chunking
+        shapes = shapes[:k + 1] + ((*shapes[k + 1][:2], size, shapes[k + 1][3]),) + shapes[k + 2:]
+    plan = ring_plan(shapes)
     if plan is None:
         return x
     return x.permute(plan.source_perm).contiguous().permute(tuple(plan.source_perm.index(d) for d in range(x.dim())))
+
+
+def _chunking(shapes: tuple[tuple[int, ...], ...], max_elements: int) -> tuple[int, int] | None:
+    """(the core whose target axis is cut, the chunk size) for a map too large to run whole, else None."""
+    largest = _largest_intermediate(shapes)
+    if largest <= max_elements:
+        return None
+    k = max(range(len(shapes) - 1), key=lambda i: shapes[i + 1][2])
+    n_chunks = min(shapes[k + 1][2], math.ceil(largest / min(max_elements, CHUNK_ELEMENTS)))
+    return k, math.ceil(shapes[k + 1][2] / n_chunks)
 
 
 def _contract(x: Tensor, *cores: Tensor) -> Tensor:
@@ -347,12 +365,10 @@ def ring_map(x: Tensor, cores: list[Tensor], max_elements: int = MAX_ELEMENTS, w
     repeatedly passes the same one, so that its memory is reused across calls.
     """
     shapes = tuple(tuple(t.shape) for t in (x, *cores))
-    largest = _largest_intermediate(shapes)
-    if largest <= max_elements:
+    chunking = _chunking(shapes, max_elements)
+    if chunking is None:
         return _contract(x, *cores)
-    k = max(range(len(cores)), key=lambda i: cores[i].shape[2])
-    n_chunks = min(cores[k].shape[2], math.ceil(largest / min(max_elements, CHUNK_ELEMENTS)))
-    size = math.ceil(cores[k].shape[2] / n_chunks)
+    k, size = chunking
     out_dim = x.dim() - len(cores) + k
     pieces = cores[k].split(size, dim=2)
     plans = [ring_plan(shapes[:k + 1] + (tuple(piece.shape),) + shapes[k + 2:]) for piece in pieces]
