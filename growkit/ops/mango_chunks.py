@@ -72,6 +72,8 @@ def chunked_ring_map(x: Tensor, cores: list[Tensor], chunks: list[Chunk], out_di
 
 
 class _ChunkedRingMap(torch.autograd.Function):
+    """The map's forward and backward, chunk by chunk in the workspace (see the module docstring)."""
+
     @staticmethod
     def forward(ctx, x: Tensor, chunks: list[Chunk], out_dim: int, workspace: Workspace, *cores: Tensor) -> Tensor:
         ctx.chunks, ctx.out_dim, ctx.workspace = chunks, out_dim, workspace
