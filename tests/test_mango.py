@@ -111,12 +111,9 @@ def test_the_layout_plan_gradients_are_right():
 
 def _chunks(shapes, order, core: int, size: int) -> list[Chunk]:
     """``chain_plan(order)`` for every chunk of ``size`` along core ``core``'s target axis."""
-    chunks, n = [], shapes[core + 1][2]
-    for start in range(0, n, size):
-        part = list(shapes)
-        part[core + 1] = (*shapes[core + 1][:2], min(size, n - start), shapes[core + 1][3])
-        chunks.append(Chunk(chain_plan(tuple(part), order), core, start, min(size, n - start)))
-    return chunks
+    n = shapes[core + 1][2]
+    sizes = [(start, min(size, n - start)) for start in range(0, n, size)]
+    return [Chunk(chain_plan(mango_contract._narrowed(shapes, core, part), order), core, start, part) for start, part in sizes]
 
 
 @pytest.mark.parametrize("rank", [1, 3])
@@ -218,11 +215,11 @@ def test_source_layout_keeps_the_values_in_the_order_the_map_reads():
     assert torch.equal(laid, x)
     assert laid.permute(ring_plan((tuple(x.shape), *core_shapes)).source_perm).is_contiguous()
     chunked = mango_contract.source_layout(x, core_shapes, max_elements=512)  # laid out for the chunks' plan
-    k, size = mango_contract._chunking((tuple(x.shape), *core_shapes), 512)
-    chunk = [(*shape[:2], size, shape[3]) if i == k else shape for i, shape in enumerate(core_shapes)]
+    shapes = (tuple(x.shape), *core_shapes)
+    chunk_plan = ring_plan(mango_contract._narrowed(shapes, *mango_contract._chunking(shapes, 512)))
     assert torch.equal(chunked, x)
-    assert chunked.permute(ring_plan((tuple(x.shape), *chunk)).source_perm).is_contiguous()
-    assert not laid.permute(ring_plan((tuple(x.shape), *chunk)).source_perm).is_contiguous()
+    assert chunked.permute(chunk_plan.source_perm).is_contiguous()
+    assert not laid.permute(chunk_plan.source_perm).is_contiguous()
 
 
 def test_a_path_that_is_not_a_chain_is_left_to_opt_einsum():

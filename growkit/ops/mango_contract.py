@@ -335,8 +335,7 @@ def source_layout(x: Tensor, core_shapes: list[tuple[int, ...]], max_elements: i
     shapes = (tuple(x.shape), *map(tuple, core_shapes))
     chunking = _chunking(shapes, max_elements)
     if chunking is not None:
-        k, size = chunking
-        shapes = shapes[:k + 1] + ((*shapes[k + 1][:2], size, shapes[k + 1][3]),) + shapes[k + 2:]
+        shapes = _narrowed(shapes, *chunking)
     plan = ring_plan(shapes)
     if plan is None:
         return x
@@ -351,6 +350,12 @@ def _chunking(shapes: tuple[tuple[int, ...], ...], max_elements: int) -> tuple[i
     k = max(range(len(shapes) - 1), key=lambda i: shapes[i + 1][2])
     n_chunks = min(shapes[k + 1][2], math.ceil(largest / min(max_elements, CHUNK_ELEMENTS)))
     return k, math.ceil(shapes[k + 1][2] / n_chunks)
+
+
+def _narrowed(shapes: tuple[tuple[int, ...], ...], core: int, size: int) -> tuple[tuple[int, ...], ...]:
+    """The map's shapes with core ``core``'s target axis cut to ``size`` (one chunk's problem)."""
+    r, n1, _, r_next = shapes[core + 1]
+    return shapes[:core + 1] + ((r, n1, size, r_next),) + shapes[core + 2:]
 
 
 def _contract(x: Tensor, *cores: Tensor) -> Tensor:
@@ -374,7 +379,7 @@ def ring_map(x: Tensor, cores: list[Tensor], max_elements: int = MAX_ELEMENTS, w
     k, size = chunking
     out_dim = x.dim() - len(cores) + k
     pieces = cores[k].split(size, dim=2)
-    plans = [ring_plan(shapes[:k + 1] + (tuple(piece.shape),) + shapes[k + 2:]) for piece in pieces]
+    plans = [ring_plan(_narrowed(shapes, k, piece.shape[2])) for piece in pieces]
     if all(plans) and not x.requires_grad:
         chunks = [Chunk(plan, k, i * size, piece.shape[2]) for i, (plan, piece) in enumerate(zip(plans, pieces))]
         return chunked_ring_map(x, cores, chunks, out_dim, workspace)
