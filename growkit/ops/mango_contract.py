@@ -42,10 +42,10 @@ autograd would keep each for the backward pass. Three things keep fewer:
   of the core met first (Mango's S_B at R = 1), so neither the output nor its
   gradient is ever assembled whole.
 
-When the largest intermediate exceeds
-``max_elements``, the map is computed in chunks (of at most ``CHUNK_ELEMENTS`` per
-intermediate) of the core whose target axis is longest (slicing a core's target axis slices the output and leaves the rest of
-the problem intact, so no work is repeated). The chunks run in one reused
+When the largest intermediate exceeds ``max_elements``, the map is computed in
+chunks (of at most ``CHUNK_ELEMENTS`` per intermediate) of the core whose target
+axis is longest (slicing a core's target axis slices the output and leaves the
+rest of the problem intact, so no work is repeated). The chunks run in one reused
 workspace with a hand-written backward that recomputes each chunk's forward
 (:mod:`growkit.ops.mango_chunks`); a chunked map whose order is not a chain, or
 whose source needs a gradient, checkpoints each chunk through autograd instead.
