@@ -74,7 +74,8 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "__items__" in obj:
         return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__items__"]}
     if "__ndarray__" in obj:
-        return _decode(obj["__ndarray__"], tensors).numpy().astype(obj["dtype"])
+        array = _decode(obj["__ndarray__"], tensors)
+        return None if array is None else array.numpy().astype(obj["dtype"])
     return {k: _decode(v, tensors) for k, v in obj.items()}
 
 
@@ -90,13 +91,17 @@ def save_state(path: str | Path, state: dict) -> Path:
     return atomic_write_bytes(Path(path), state_bytes(state))
 
 
-def load_state(path: str | Path) -> dict:
-    """Read a state written by :func:`save_state`; a damaged file is a :class:`GrowError`."""
+def load_state(path: str | Path, tensors: bool = True) -> dict:
+    """Read a state written by :func:`save_state`; a damaged file is a :class:`GrowError`.
+
+    ``tensors=False`` reads only the JSON part (its tensors come back as None):
+    enough to check a checkpoint's settings without loading its optimiser state.
+    """
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = (f.metadata() or {}).get(_META_KEY)
-            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
+            tensors = {k: f.get_tensor(k).clone() if tensors else None for k in f.keys()}
         if meta is None:
             raise ValueError("no growkit state in its metadata")
         return _decode(json.loads(meta), tensors)

@@ -54,7 +54,7 @@ def load_config(folder: str | Path) -> PretrainedConfig:
     """The config of a model folder, checked: the model type first, then the field types, then the sizes."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise GrowError(f"model folder {folder} does not exist")
+        raise GrowError(f"model folder {folder} does not exist{_hub_hint(folder)}")
     path = folder / "config.json"
     if not path.is_file():
         raise GrowError(f"{folder} has no config.json; is it a folder written by save_pretrained?")
@@ -75,6 +75,17 @@ def load_config(folder: str | Path) -> PretrainedConfig:
         raise GrowError(f"{path}: {_one_line(err)}") from None
     check_config(config, path)
     return config
+
+
+def _hub_hint(folder: Path) -> str:
+    """For a missing folder named like a Hub id (``owner/name``): growkit reads local folders, and how to get one."""
+    parts = str(folder).split("/")
+    if len(parts) != 2 or not all(parts) or parts[0] in (".", "..") or folder.parent.exists():
+        return ""
+    return (f"; growkit reads local folders only and never downloads: on a machine with internet, run "
+            f"`hf download {folder} --local-dir {parts[1]}` (huggingface_hub; older versions: "
+            f"`huggingface-cli download`) or `from_pretrained('{folder}').save_pretrained('{parts[1]}')`, "
+            f"then pass that folder")
 
 
 def _one_line(err: BaseException) -> str:
@@ -193,9 +204,12 @@ def save_pretrained(
     return folder
 
 
-def load_training_state(folder: str | Path) -> dict:
-    """The training state saved next to a checkpoint's weights (safetensors + JSON; never unpickled)."""
+def load_training_state(folder: str | Path, tensors: bool = True) -> dict:
+    """The training state saved next to a checkpoint's weights (safetensors + JSON; never unpickled).
+
+    ``tensors=False`` reads only its settings and counters (no optimiser state).
+    """
     path = Path(folder) / STATE_FILE
     if not path.is_file():
         raise GrowError(f"{folder} has no {STATE_FILE}; it is not a growkit checkpoint")
-    return load_state(path)
+    return load_state(path, tensors)

@@ -157,7 +157,20 @@ CASES = [
     ("tokenizer-too-big-train", big_tokenizer, [*TRAIN, *TEXT], r"tokenizer has 300 tokens"),
     ("corrupt-tokenizer", corrupt_tokenizer, [*TRAIN, *TEXT], r"cannot load the tokenizer in src"),
     ("unknown-method", good, [*GROW, "--method", "magic"], r"unknown method 'magic'"),
-    ("learned-with-width", good, [*LIGO, *TEXT, "--width", "aki"], r"--width and --depth apply to fixed methods"),
+    ("learned-with-width", good, [*LIGO, *TEXT, "--width", "aki"], r"--width does not apply to ligo \(a learned method\)"),
+    ("fixed-with-steps", good, [*GROW, "--steps", "50"],
+     r"--steps does not apply to exact \(a fixed method\); exact takes --noise, --width, --depth$"),
+    ("fixed-with-device", good, [*GROW, "--method", "net2net", "--device", "cpu"], r"--device does not apply to net2net"),
+    ("ligo-with-rank", good, [*LIGO, *TEXT, "--rank", "4"], r"--rank does not apply to ligo \(a learned method\)"),
+    ("method-typo", good, [*GROW, "--method", "mangoo"], r"unknown method 'mangoo'; did you mean 'mango'\?"),
+    ("hidden-not-head-multiple", good, [*GROW[:3], "--hidden", "100"],
+     r"--hidden 100 is not a multiple of the source's head_dim 8: .* such as 96 or 104$"),
+    ("exact-head-counts", good, [*GROW[:3], "--hidden", "48"],
+     r"hidden size 32 -> 48 \(x1\.5\); FFN size 128 -> 192 \(x1\.5\); attention heads \(head counts\) 4 -> 6 "
+     r"\(x1\.5\) are not; .* or use net2net or bert2bert"),
+    ("hub-id", good, ["grow", "openai-community/gpt2", "out", "--hidden", "64"],
+     r"does not exist; growkit reads local folders only .*`hf download openai-community/gpt2 --local-dir gpt2`"),
+    ("bf16-on-cpu", good, [*TRAIN, *TEXT, "--device", "cpu", "--precision", "bf16"], r"bf16 needs a CUDA GPU"),
 ]
 
 

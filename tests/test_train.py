@@ -63,12 +63,13 @@ def test_checkpoints_reload_with_the_same_logits(data, tmp_path):
     model = gpt2()
     result = train(model, data, TrainConfig(steps=6, eval_every=3, checkpoint_every=3, **FAST), tmp_path / "run")
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-3", "final", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-3", "checkpoint-6", "final", "metrics.jsonl"]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines == result.history
     final = result.final_dir
     assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
-    assert (final / STATE_FILE).is_file()  # optimiser, scheduler, RNG and step, for resuming
+    assert not (final / STATE_FILE).exists()  # the model alone; the resumable state is in checkpoint-6
+    assert (run / "checkpoint-6" / STATE_FILE).is_file()  # optimiser, scheduler, RNG and step, for extending
     model.eval()
     ids = data.eval_batches[0]["input_ids"]
     with torch.no_grad():
