@@ -131,6 +131,30 @@ def fsync_tree(folder: Path) -> None:
     _fsync(folder)
 
 
+def _umask() -> int:
+    """The process's umask (read from /proc where it can be, so it is never changed, even for an instant)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_modes(folder: Path) -> None:
+    """Give every file under ``folder`` mode 0666 and every folder 0777, less the umask (0644/0755 under 022).
+
+    Some writers (safetensors via a temporary file) create 0600 files; a saved
+    model is meant to be read by whoever may read the folder.
+    """
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def temp_sibling(path: Path, kind: str = "tmp") -> Path:
     """A hidden name next to ``path`` for writing it (``.NAME.tmp-PID``), never loaded as a result."""
     return path.parent / f".{path.name}.{kind}-{os.getpid()}"

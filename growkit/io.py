@@ -19,12 +19,15 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from .arch import SUPPORTED_CLASSES
-from .checkpoint import fsync_tree, load_state, state_bytes, temp_sibling
+from .checkpoint import fsync_tree, load_state, publish_modes, state_bytes, temp_sibling
 from .core.errors import GrowError
 
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 STATE_FILE = "training_state.safetensors"  #: optimiser, scheduler, RNG and counters (no pickle)
+#: how a tokenizer was loaded, which transformers writes back into tokenizer_config.json; not part of the tokenizer
+LOAD_ONLY_KEYS = ("local_files_only", "is_local", "cache_dir", "force_download", "token",
+                  "revision", "subfolder", "_commit_hash")
 
 
 @contextlib.contextmanager
@@ -187,10 +190,12 @@ def save_pretrained(
                 model.save_pretrained(str(tmp), state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+            _drop_load_only_keys(tmp / "tokenizer_config.json")
         if state is not None:
             (tmp / STATE_FILE).write_bytes(state_bytes(state))
         for path in extra_files:
             shutil.copy2(path, tmp / Path(path).name)
+        publish_modes(tmp)
         fsync_tree(tmp)
         if folder.exists():
             folder.rename(old)
@@ -202,6 +207,16 @@ def save_pretrained(
         raise
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _drop_load_only_keys(path: Path) -> None:
+    """Keep a saved tokenizer_config.json as the tokenizer's own: without the options it happened to be loaded with."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if any(key in config for key in LOAD_ONLY_KEYS):
+        kept = {k: v for k, v in config.items() if k not in LOAD_ONLY_KEYS}
+        path.write_text(json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def load_training_state(folder: str | Path, tensors: bool = True) -> dict:

@@ -255,3 +255,37 @@ def test_no_remote_code_and_no_pickles_in_the_package():
         assert "import pickle" not in text, path
         for line in text.splitlines():
             assert "torch.load(" not in line or "weights_only=True" in line, (path, line)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder``: its mode and bytes (the source must stay byte-for-byte as it was)."""
+    return {str(p.relative_to(folder)): (p.stat().st_mode, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["grow", "src", "src", "--hidden", "64", "--overwrite"], r"OUT_DIR src is the source folder src;"),
+    (["grow", "src", "src/big", "--hidden", "64"], r"OUT_DIR src/big lies inside the source folder src;"),
+    (["grow", "src", "src/big", "--hidden", "64", "--method", "ligo", "--overwrite", "--dry-run"], r"lies inside"),
+    (["grow", "work/src", "work", "--hidden", "64", "--overwrite"], r"OUT_DIR work contains the source folder work/src;"),
+    (["grow", "src", "link", "--hidden", "64", "--overwrite"], r"OUT_DIR link is the source folder src \(both resolve to "),
+    (["grow", "src", "link/big", "--hidden", "64"], r"OUT_DIR link/big lies inside the source folder src;"),
+    (["grow", "out.partial", "out", "--hidden", "64", "--method", "ligo"],
+     r"the fit's checkpoint folder out\.partial is the source folder out\.partial;"),
+    (["train", "src", "--out", "src"], r"--out src is the source folder src;"),
+    (["train", "src", "--out", "src/run"], r"--out src/run lies inside the source folder src;"),
+    (["train", "work/src", "--out", "work"], r"--out work contains the source folder work/src;"),
+    (["train", "link", "--out", "src/run", "--dry-run"], r"--out src/run lies inside the source folder link;"),
+])
+def test_the_source_folder_is_never_written(argv, message, base, tmp_path, monkeypatch, capsys):
+    """Output == source, inside it or around it (symlinks resolved), whatever the flags: one line, exit 1, source intact."""
+    for name in ("src", "work/src", "out.partial"):
+        shutil.copytree(base / "small", tmp_path / name)
+    (tmp_path / "link").symlink_to(tmp_path / "src", target_is_directory=True)
+    before = {name: _snapshot(tmp_path / name) for name in ("src", "work", "out.partial")}
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), lines
+    assert "growkit never writes over the model it reads" in lines[0]
+    assert {name: _snapshot(tmp_path / name) for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "out.partial", "src", "work"]

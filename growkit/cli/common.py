@@ -38,10 +38,9 @@ def check_apart(source: Path, out: Path, out_name: str) -> None:
         where = f"contains the source folder {source}"
     else:
         return
-    if same and dst != Path(source).absolute():
-        where += f" {source} (both resolve to {src})"
-    elif same:
-        where += f" {source}"
+    if same:
+        named_alike = os.path.normpath(out.absolute()) == os.path.normpath(source.absolute())
+        where += f" {source}" if named_alike else f" {source} (both resolve to {src})"
     raise GrowError(f"{out_name} {out} {where}; growkit never writes over the model it reads: choose a folder outside it")
 
 
