@@ -236,13 +236,14 @@ class Adapter:
                 )
             heads = hidden // src.head_dim
         if self.head_dim_from_hidden and hidden % heads:
-            raise GrowError(f"{said('num_attention_heads', heads)} attention heads do not divide {said('hidden_size', hidden)}")
+            raise GrowError(f"{said('num_attention_heads', heads)} does not divide {said('hidden_size', hidden)} "
+                            "(the number of attention heads must divide the hidden size)")
         head_dim = hidden // heads if self.head_dim_from_hidden else src.head_dim
         group = src.heads // src.kv_heads
         kv_heads = sizes.get("num_key_value_heads", heads // group if heads % group == 0 else src.kv_heads)
         if heads % kv_heads:
-            raise GrowError(f"{said('num_key_value_heads', kv_heads)} key/value heads do not divide "
-                            f"{said('num_attention_heads', heads)} attention heads (head counts)")
+            raise GrowError(f"{said('num_key_value_heads', kv_heads)} does not divide {said('num_attention_heads', heads)} "
+                            "(head counts: the key/value heads must divide the attention heads)")
         if kv_heads != heads and not self.supports_gqa:
             raise GrowError(f"{self.family} has no grouped-query attention; "
                             f"{said('num_key_value_heads', kv_heads)} must equal the {heads} attention heads")

@@ -7,11 +7,11 @@ overrides either half of a fixed method.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from ..core.canonical import Canonical, Dims
-from ..core.catalog import CATALOG, DEPTH_OPS, WIDTH_OPS, method_name, refuse_unused
+from ..core.catalog import CATALOG, DEPTH_OPS, WIDTH_OPS, MethodInfo, method_name, refuse_unused
 from ..core.errors import GrowError
 from .depth import deepen
 from .operator import GrowthOperator
@@ -19,15 +19,10 @@ from .width import widen
 
 
 @dataclass(frozen=True)
-class Method:
-    """A registry entry. Fixed methods name ``width`` and ``depth``; learned ones have ``build``."""
+class Method(MethodInfo):
+    """A registry entry: a catalogue entry with, for a learned method, the ``build`` of its operator."""
 
-    name: str
-    summary: str
-    width: str | None = None
-    depth: str | None = None
     build: Callable[..., GrowthOperator] | None = None
-    options: tuple[str, ...] = field(default=())
 
     @property
     def learned(self) -> bool:
@@ -44,7 +39,7 @@ def register(method: Method) -> Method:
 
 for _info in CATALOG.values():
     if not _info.learned:
-        register(Method(_info.name, _info.summary, _info.width, _info.depth, options=_info.options))
+        register(Method(**vars(_info)))
 
 
 def get_method(name: str) -> Method:
@@ -77,7 +72,7 @@ def grow_fixed(src: Canonical, tgt_dims: Dims, width: str, depth: str, *, seed: 
         raise GrowError(f"unknown width operator {width!r}; choose one of {', '.join(WIDTH_OPS)}")
     if depth not in DEPTH_OPS:
         raise GrowError(f"unknown depth operator {depth!r}; choose one of {', '.join(DEPTH_OPS)}")
-    refuse_unused(f"the {width}/{depth} operators", sorted(options), ["noise"])
+    refuse_unused("a fixed method", sorted(options), ["noise"])
     kwargs = {**WIDTH_OPS[width], **options}
     out = deepen(widen(src, tgt_dims, seed=seed, **kwargs), tgt_dims.layers, depth)
     out.validate()

@@ -231,7 +231,7 @@ def build(
     ``noise`` is the start's symmetry-breaking noise: the fixed method's for a
     fixed start (as ``grow_fixed``'s option), the depth noise bound for stackbert_noisy.
     """
-    refuse_unused("ligo", sorted(unknown), ["init", "noise"])
+    refuse_unused("ligo", sorted(unknown), list(CATALOG["ligo"].options))
     source.dims.check_growth_to(target_dims)
     fixed = [name for name, m in METHODS.items() if not m.learned]
     plans = _plans(source, target_dims)
@@ -244,4 +244,4 @@ def build(
     return LiGO(source, target_dims, start, plans)
 
 
-register(Method("ligo", CATALOG["ligo"].summary, build=build, options=CATALOG["ligo"].options))
+register(Method(**vars(CATALOG["ligo"]), build=build))

@@ -591,8 +591,8 @@ def build(
     ``noise`` is the start's cancelling symmetry-breaking noise (default: the fixed
     method's own, 0.01 or 0 for AKI); ``noise=0`` makes the start equal the fixed method.
     """
-    refuse_unused("mango", sorted(unknown), ["rank", "init", "noise"])
+    refuse_unused("mango", sorted(unknown), list(CATALOG["mango"].options))
     return MangoOperator(source, target_dims, rank=rank, init=init, noise=noise, seed=seed)
 
 
-register(Method("mango", CATALOG["mango"].summary, build=build, options=CATALOG["mango"].options))
+register(Method(**vars(CATALOG["mango"]), build=build))
