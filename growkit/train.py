@@ -40,7 +40,7 @@ from .data import TaskData
 from .device import resolve_device, training_precision, use_attention
 from .flops import batch_tokens, flops_per_batch
 from .io import STATE_FILE, load_pretrained, load_training_state, save_pretrained
-from .settings import SCHEDULES, TrainConfig
+from .settings import TrainConfig
 
 @dataclass
 class TrainResult:
