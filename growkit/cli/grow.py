@@ -77,7 +77,7 @@ def add_parser(sub) -> None:
     learned = p.add_argument_group("learned methods (ligo, mango)")
     learned.add_argument("--steps", type=int, default=100, help="fit steps (default: 100)")
     learned.add_argument("--lr", type=float, default=FitConfig.lr, help=f"the operator's learning rate (default: {FitConfig.lr})")
-    learned.add_argument("--rank", type=int, help="Mango tensor-ring rank (default: 1)")
+    learned.add_argument("--rank", type=int, help="Mango tensor-ring rank (default: the smallest that holds --init: 1, or 2 for net2net, bert2bert, exact)")
     learned.add_argument("--init", help="start from this operator (e.g. stackbert, net2net, bert2bert)")
     learned.add_argument("--device", choices=DEVICES, default="cpu",
                          help="where the fit runs: cpu (fp32); cuda (target forward in bf16 autocast, the operator "
