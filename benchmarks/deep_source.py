@@ -44,8 +44,8 @@ TARGET = dict(num_hidden_layers=10, hidden_size=144, num_attention_heads=9, num_
 SEQ_LEN, BATCH, VOCAB = 64, 16, 2048
 PRETRAIN = TrainConfig(steps=3000, lr=3e-3, warmup=100, eval_every=250, seed=10_000)
 METHODS = (
-    "stackbert,interpolate,net2net,bert2bert,net2net+depth=stack,net2net+depth=interpolate,"
-    "mango,mango+init=interpolate,mango+init=net2net+rank=2,mango+init=bert2bert+rank=2,"
+    "stackbert,interpolate,net2net,bert2bert,bert2bert+depth=identity,"
+    "mango,mango+init=interpolate,mango+init=net2net,mango+init=net2net+rank=3,mango+init=bert2bert,"
     "ligo,ligo+init=net2net"
 )
 
