@@ -28,19 +28,11 @@ a matrix row, its ``.out`` axis like a column, its layer axis is L, and the ring
 is closed with the same four cores, where an absent axis takes its core
 collapsed to an R x R matrix, chosen so that it is 1 on every term of every start:
 
-- no ``.in`` axis: S_I at source unit 0 summed over the target units that copy
-  it in the start (a unit's outgoing mass: 1 for any split, and the cancelling
-  noise sums to 0 over those copies);
-- no ``.out`` axis: S_O at source unit 0 and target unit 0 (target unit 0 copies
-  source unit 0 in every start and is never a new unit, which AKI needs).
-  Single entries, not sums over the whole axis: Adam moves every core entry by
-  about the lr per step, often in the same direction, so a sum over D2 entries
-  would move every norm gain and embedding about D2 times faster than any
-  matrix (on the deep-source bed: +2.4% in 20 steps at lr 1e-5, while the
-  matrices moved 0.1%), and the fit would wreck a function-preserving start.
-  The same holds for the layer axis below;
-- no layer axis (globals): S_L at target layer 0 summed over the source layers it
-  copies in the start's terms (layer 0, and layer 1 for AKI's shifted term);
+- no ``.in`` axis: S_I at source unit 0 summed over target units (a unit's
+  outgoing mass: 1 for any split);
+- no ``.out`` axis: S_O at target unit 0 summed over source units (a unit's
+  incoming mass: 1 for any copy; unit 0 is never a new unit, which AKI needs);
+- no layer axis (globals): S_L at target layer 0 summed over source layers;
 - S_B is read at the tiles of a *home* matrix: a bias's own matrix (``o_bias``
   -> o), otherwise the first packed matrix with the tensor's multi-tile axes on
   the same sides, which for the D-only norms and embeddings is q. An absent side
@@ -343,8 +335,6 @@ class Start:
 
     terms: list[tuple[Tensor, Tensor, Tensor, Tensor]]
     copy_map: WidthMap | None
-    unit0_copies: Tensor  #: the target units (inside a D-wide tile) that copy source unit 0
-    layer0_sources: Tensor  #: the source layers that target layer 0 copies in some term
 
 
 def _select_matrix(index: Tensor, n_old: int) -> Tensor:
@@ -421,9 +411,7 @@ def build_start(src: Packing, tgt: Packing, init: str, noise: float, gen: torch.
             if noise:
                 s_i = s_i + _cancelling_noise(sigma, d1, noise / math.sqrt(d1), gen)
             terms.append((s_b, s_i, s_o, s_l))
-    layer0 = torch.stack([term[3][:, 0] for term in terms]).abs().sum(0)
-    return Start(terms, _copy_map(wmap, sigma, src, tgt), torch.nonzero(sigma == 0).flatten(),
-                 torch.nonzero(layer0).flatten())
+    return Start(terms, _copy_map(wmap, sigma, src, tgt))
 
 
 def _copy_map(wmap: WidthMap, sigma: Tensor, src: Packing, tgt: Packing) -> WidthMap | None:
@@ -505,8 +493,6 @@ class MangoOperator(GrowthOperator):
                 f"rank >= {len(start.terms)}; got rank={rank}"
             )
         self.copy_map = start.copy_map
-        self.register_buffer("unit0_copies", start.unit0_copies, persistent=False)
-        self.register_buffer("layer0_sources", start.layer0_sources, persistent=False)
         _warn_inexact(source, self.src, self.tgt, method)
         sizes = {
             "B": (self.src.blocks, self.tgt.blocks),
@@ -557,9 +543,9 @@ class MangoOperator(GrowthOperator):
             block = block[:, :, : lay1[1].tiles, :, : lay2[1].tiles]
         else:
             block = block[:, :, :, :, :1].sum(2, keepdim=True)
-        s_i = self.s_i if p.in_axis else self.s_i[:, :1, self.unit0_copies].sum(2, keepdim=True)
-        s_o = self.s_o if p.out_axis else self.s_o[:, :1, :1]
-        s_l = self.s_l if p.layered else self.s_l[:, self.layer0_sources, :1].sum(1, keepdim=True)
+        s_i = self.s_i if p.in_axis else self.s_i[:, :1].sum(2, keepdim=True)
+        s_o = self.s_o if p.out_axis else self.s_o[:, :, :1].sum(1, keepdim=True)
+        s_l = self.s_l if p.layered else self.s_l[:, :, :1].sum(1, keepdim=True)
         return [block.flatten(3, 4).flatten(1, 2), s_i, s_o, s_l]
 
 
