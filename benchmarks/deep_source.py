@@ -110,7 +110,7 @@ def grow_entry(entry: str, source, target_config, data, fit_steps: int, fit_lr: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/deep-source", help="cache folder (tokenizer, source, rows.json)")
+    parser.add_argument("--out", default="runs/deep-source", help="cache folder (tokenizer, source; each run writes rows-seed<k>.json)")
     parser.add_argument("--methods", default=METHODS, help="comma-separated methods or variants")
     parser.add_argument("--pretrain-steps", type=int, default=PRETRAIN.steps)
     parser.add_argument("--fit-steps", type=int, default=20, help="fit steps of learned methods (default 20)")
