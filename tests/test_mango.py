@@ -16,7 +16,7 @@ from growkit.core.errors import GrowError
 from growkit.fit import FitConfig, fit
 from growkit.ops import METHODS, grow_fixed
 from growkit.ops.depth import deepen
-from growkit.ops.mango import MangoOperator, Packing, _placements, parameter_count
+from growkit.ops.mango import MangoOperator, Packing, _placements, build_start, parameter_count
 from growkit.ops import mango_contract
 from growkit.ops.mango_chunks import Chunk, Workspace, chunked_ring_map
 from growkit.ops.mango_contract import chain_plan, ring_map, ring_map_split, ring_plan, run_plan
@@ -272,7 +272,8 @@ def test_a_deep_gqa_start_by_a_non_integer_factor_equals_the_fixed_operator(init
     tgt = adapter.dims(config)
     assert (tgt.heads, tgt.kv_heads, tgt.ffn) == (9, 3, 72)
     op = MangoOperator(src, tgt, init=init, noise=0.0, seed=1)  # the default rank: the start's minimum
-    assert op.rank == MIN_RANK[init]
+    assert op.rank == MIN_RANK[init] == len(build_start(op.src, op.tgt, init, 0.0, torch.Generator()).terms)
+    assert parameter_count(src, tgt, init=init) == sum(p.numel() for p in op.parameters())
     reference = _reference(src, tgt, op, init)
     for name, t in op.materialize().tensors.items():
         assert (t - reference.tensors[name]).abs().max() < 1e-12, name

@@ -311,18 +311,27 @@ def _blocks(source: Canonical, target_dims: Dims) -> tuple[int, int]:
     return Packing(placements, source.dims).blocks, Packing(placements, target_dims).blocks
 
 
-def parameter_count(source: Canonical, target_dims: Dims, rank: int = 1) -> int:
+def start_rank(init: str, source: Dims, target: Dims) -> int:
+    """The number of Kronecker terms of the start ``init`` (the default rank), without building it."""
+    method = METHODS[init]
+    silenced = any(DEPTH_MAPS[method.depth](source.layers, target.layers).silenced)
+    return (2 if silenced else 1) * (2 if method.width == "aki" and target.hidden > source.hidden else 1)
+
+
+def parameter_count(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT) -> int:
     """The Mango operator's parameter count, R^2 (B1 B2 + 2 D1 D2 + L1 L2), without building it."""
+    rank = start_rank(init, source.dims, target_dims) if rank is None else rank
     (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
     return rank * rank * (b1 * b2 + 2 * s.hidden * t.hidden + s.layers * t.layers)
 
 
-def materialize_flops(source: Canonical, target_dims: Dims, rank: int = 1) -> float:
+def materialize_flops(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT) -> float:
     """FLOPs of one materialisation's M1 -> M2 contraction (its path cost), without building the operator.
 
     For ``--dry-run``, where the operator cannot be built (its start is not meta-safe); the
     vectors' and embeddings' maps are small beside it and not counted.
     """
+    rank = start_rank(init, source.dims, target_dims) if rank is None else rank
     (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
     cores = [(rank, n1, n2, rank) for n1, n2 in ((b1, b2), (s.hidden, t.hidden), (s.hidden, t.hidden), (s.layers, t.layers))]
     return float(ring_path((b1, s.hidden, s.hidden, s.layers), cores).opt_cost)
@@ -485,7 +494,7 @@ class MangoOperator(GrowthOperator):
         self.src, self.tgt = Packing(self.placements, source.dims), Packing(self.placements, target_dims)
         gen = torch.Generator().manual_seed(seed)
         start = build_start(self.src, self.tgt, init, noise, gen)
-        rank = len(start.terms) if rank is None else rank
+        rank = start_rank(init, source.dims, target_dims) if rank is None else rank
         self.rank = rank
         if len(start.terms) > rank:
             raise GrowError(
