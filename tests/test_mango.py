@@ -16,7 +16,7 @@ from growkit.core.errors import GrowError
 from growkit.fit import FitConfig, fit
 from growkit.ops import METHODS, grow_fixed
 from growkit.ops.depth import deepen
-from growkit.ops.mango import MangoOperator, Packing, _placements, parameter_count
+from growkit.ops.mango import MangoOperator, Packing, _placements, build_start, parameter_count
 from growkit.ops import mango_contract
 from growkit.ops.mango_chunks import Chunk, Workspace, chunked_ring_map
 from growkit.ops.mango_contract import chain_plan, ring_map, ring_map_split, ring_plan, run_plan
@@ -258,6 +258,25 @@ def _reference(src, tgt: Dims, op: MangoOperator, init: str):
         wide[name] = grown
     at_src_depth = Dims(tgt.hidden, tgt.ffn, tgt.heads, tgt.kv_heads, tgt.head_dim, src.dims.layers)
     return deepen(src.with_tensors(wide, at_src_depth), tgt.layers, method.depth)
+
+
+#: a deep GQA Llama grown by x1.5 in every width (6/2 -> 9/3 heads, FFN 48 -> 72) and 8 -> 10 layers
+DEEP = dict(num_hidden_layers=8, hidden_size=24, num_attention_heads=6, num_key_value_heads=2, head_dim=4,
+            intermediate_size=48, tie_word_embeddings=True)
+DEEP_GROW = {"num_hidden_layers": 10, "hidden_size": 36, "num_attention_heads": 9, "intermediate_size": 72}
+
+
+@pytest.mark.parametrize("init", ["stackbert", "interpolate", "net2net", "bert2bert"])
+def test_a_deep_gqa_start_by_a_non_integer_factor_equals_the_fixed_operator(init):
+    _, adapter, src, config = _grown("llama", DEEP_GROW, **DEEP)
+    tgt = adapter.dims(config)
+    assert (tgt.heads, tgt.kv_heads, tgt.ffn) == (9, 3, 72)
+    op = MangoOperator(src, tgt, init=init, noise=0.0, seed=1)  # the default rank: the start's minimum
+    assert op.rank == MIN_RANK[init] == len(build_start(op.src, op.tgt, init, 0.0, torch.Generator()).terms)
+    assert parameter_count(src, tgt, init=init) == sum(p.numel() for p in op.parameters())
+    reference = _reference(src, tgt, op, init)
+    for name, t in op.materialize().tensors.items():
+        assert (t - reference.tensors[name]).abs().max() < 1e-12, name
 
 
 @pytest.mark.filterwarnings("ignore:bert is post-norm")

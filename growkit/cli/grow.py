@@ -78,7 +78,7 @@ def add_parser(sub) -> None:
     learned = p.add_argument_group("learned methods (ligo, mango; a fixed method refuses these)")
     learned.add_argument("--steps", type=int, help=f"fit steps (default: {FIT_DEFAULTS['steps']})")
     learned.add_argument("--lr", type=float, help=f"the operator's learning rate (default: {FIT_DEFAULTS['lr']})")
-    learned.add_argument("--rank", type=int, help="Mango tensor-ring rank (mango only; default: 1)")
+    learned.add_argument("--rank", type=int, help="Mango tensor-ring rank (mango only; default: the smallest that holds --init: 1, or 2 for net2net, bert2bert, exact)")
     learned.add_argument("--init", help="start from this operator (e.g. stackbert, net2net, bert2bert)")
     add_device_option(learned, "the fit (the operator always computes in fp32)")
     add_checkpoint_option(learned, "fit (into OUT_DIR.partial/, removed once OUT_DIR is written)")

@@ -69,7 +69,8 @@ Start. Each start is a sum of c Kronecker terms placed on the ring's diagonal
   LoRA's zero-initialised factor), and the random S_I/S_O entries break symmetry.
 
 Reachable fixed methods (``init=``; ``grow_fixed`` with the registry's width and
-depth, ``noise=0``, and Mango's selection; see :attr:`MangoOperator.copy_map`):
+depth, ``noise=0``, and Mango's selection; see :attr:`MangoOperator.copy_map`). The
+default ``rank=None`` takes the start's min. rank, so ``init=net2net`` alone gives rank 2:
 
 =============  ==========  ====================================================
 init           min. rank   note
@@ -311,18 +312,27 @@ def _blocks(source: Canonical, target_dims: Dims) -> tuple[int, int]:
     return Packing(placements, source.dims).blocks, Packing(placements, target_dims).blocks
 
 
-def parameter_count(source: Canonical, target_dims: Dims, rank: int = 1) -> int:
+def start_rank(init: str, source: Dims, target: Dims) -> int:
+    """The number of Kronecker terms of the start ``init`` (the default rank), without building it."""
+    method = METHODS[init]
+    silenced = any(DEPTH_MAPS[method.depth](source.layers, target.layers).silenced)
+    return (2 if silenced else 1) * (2 if method.width == "aki" and target.hidden > source.hidden else 1)
+
+
+def parameter_count(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT) -> int:
     """The Mango operator's parameter count, R^2 (B1 B2 + 2 D1 D2 + L1 L2), without building it."""
+    rank = start_rank(init, source.dims, target_dims) if rank is None else rank
     (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
     return rank * rank * (b1 * b2 + 2 * s.hidden * t.hidden + s.layers * t.layers)
 
 
-def materialize_flops(source: Canonical, target_dims: Dims, rank: int = 1) -> float:
+def materialize_flops(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT) -> float:
     """FLOPs of one materialisation's M1 -> M2 contraction (its path cost), without building the operator.
 
     For ``--dry-run``, where the operator cannot be built (its start is not meta-safe); the
     vectors' and embeddings' maps are small beside it and not counted.
     """
+    rank = start_rank(init, source.dims, target_dims) if rank is None else rank
     (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
     cores = [(rank, n1, n2, rank) for n1, n2 in ((b1, b2), (s.hidden, t.hidden), (s.hidden, t.hidden), (s.layers, t.layers))]
     return float(ring_path((b1, s.hidden, s.hidden, s.layers), cores).opt_cost)
@@ -468,7 +478,7 @@ class MangoOperator(GrowthOperator):
         self,
         source: Canonical,
         target_dims: Dims,
-        rank: int = 1,
+        rank: int | None = None,
         init: str = DEFAULT_INIT,
         noise: float | None = None,
         seed: int = 0,
@@ -479,12 +489,14 @@ class MangoOperator(GrowthOperator):
         _check_init(init, rank)
         method = METHODS[init]
         noise = WIDTH_OPS[method.width].get("noise", 0.0) if noise is None else float(noise)
-        self.rank, self.init, self.max_elements = rank, init, max_elements
+        self.init, self.max_elements = init, max_elements
         self.workspace = Workspace()
         self.placements = _placements(source)
         self.src, self.tgt = Packing(self.placements, source.dims), Packing(self.placements, target_dims)
         gen = torch.Generator().manual_seed(seed)
         start = build_start(self.src, self.tgt, init, noise, gen)
+        rank = start_rank(init, source.dims, target_dims) if rank is None else rank
+        self.rank = rank
         if len(start.terms) > rank:
             raise GrowError(
                 f"Mango init={init!r} is a sum of {len(start.terms)} Kronecker terms at these sizes and needs "
@@ -547,8 +559,8 @@ class MangoOperator(GrowthOperator):
         return [block.flatten(3, 4).flatten(1, 2), s_i, s_o, s_l]
 
 
-def _check_init(init: str, rank: int) -> None:
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+def _check_init(init: str, rank: int | None) -> None:
+    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
         raise GrowError(f"Mango's rank must be a positive integer, got {rank!r}")
     if init in UNREACHABLE:
         raise GrowError(f"Mango cannot start from {init!r}: {UNREACHABLE[init]}")
@@ -581,12 +593,16 @@ def build(
     target_dims: Dims,
     *,
     seed: int = 0,
-    rank: int = 1,
+    rank: int | None = None,
     init: str = DEFAULT_INIT,
     noise: float | None = None,
     **unknown,
 ) -> MangoOperator:
     """A Mango operator of ``rank`` starting at the fixed method ``init``.
+
+    ``rank=None`` takes the smallest rank that holds the start (its number of Kronecker
+    terms: 1 for stackbert and interpolate, 2 for net2net, bert2bert and exact when
+    layers or units are added), so ``init=`` alone picks any start.
 
     ``noise`` is the start's cancelling symmetry-breaking noise (default: the fixed
     method's own, 0.01 or 0 for AKI); ``noise=0`` makes the start equal the fixed method.
