@@ -29,7 +29,6 @@ from typing import Callable
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from . import distributed
@@ -39,6 +38,7 @@ from .data import TaskData
 from .device import DEVICES, precision, resolve_device, use_attention
 from .flops import batch_tokens, flops_per_batch
 from .io import STATE_FILE, load_pretrained, load_training_state, save_pretrained
+from .progress import progress_bar
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -61,7 +61,7 @@ class TrainConfig:
     keep_checkpoints: int = 0  #: keep only the newest K checkpoints (0: keep all)
     seed: int = 0  #: seeds the data order and dropout
     device: str = "cpu"  #: "cpu", "cuda", or "auto" (a GPU when there is one); CUDA trains in bf16 autocast
-    progress: bool | None = None  #: tqdm bar; None: only when stderr is a terminal
+    progress: bool | None = None  #: tqdm bar; None: only when stderr is a terminal (see growkit.progress)
 
     def check(self) -> None:
         if self.steps < 1:
@@ -315,8 +315,8 @@ def train(
     if world > 1:
         distributed.check_same(digest_tensors(first), "the first training batch")
     stream = itertools.chain([first], stream)
-    bar = tqdm(total=cfg.steps, initial=done, desc="train",
-               disable=not main or not (sys.stderr.isatty() if cfg.progress is None else cfg.progress))
+    bar = progress_bar(cfg.steps, "train", sys.stderr.isatty() if cfg.progress is None else cfg.progress,
+                       initial=done, main=main)
     loss_sum, count, tokens = torch.zeros((), device=device), 0, 0
     start = time.perf_counter()
     for step in range(done + 1, cfg.steps + 1):

@@ -52,10 +52,16 @@ def add_parser(sub) -> None:
     g.add_argument("--option", action="append", default=[], metavar="METHOD:KEY=VALUE",
                    help="a grow() option for one method, e.g. mango:rank=2 or ligo:init=stackbert (repeatable)")
     g.add_argument("--device", choices=("cpu", "auto"), help="training device (default: the preset's; small uses auto)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; 1 is faster on a busy machine)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes for the runs (each seed's source, then every method x seed); results do "
+                   "not depend on it (default 1: all in this process)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads per process (default: 1 per worker with --jobs > 1, else torch's)")
+    p.add_argument("--redo", action="store_true", help="rerun finished runs instead of reusing them")
     p.add_argument("--keep-models", action="store_true", help="keep every trained target model (default: curves only)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--progress", action="store_true", help="show progress bars for training and fitting")
+    p.add_argument("--progress", action="store_true",
+                   help="show progress of training and fitting: a bar on a terminal with --jobs 1, else a line every 10 s")
     p.set_defaults(func=run)
 
 
@@ -114,9 +120,11 @@ def build_spec(args: argparse.Namespace):
         raise GrowError(f"--option names {unused[0]}, which is not in --methods")
     if args.threads is not None and args.threads < 1:
         raise GrowError("--threads must be at least 1")
+    if args.jobs < 1:
+        raise GrowError("--jobs must be at least 1")
     return BenchSpec(preset, methods=methods, seeds=parse_seeds(args.seeds), data=args.data,
-                     progress=bool(args.progress),
-                     threads=args.threads, keep_models=args.keep_models)
+                     progress=bool(args.progress), threads=args.threads, keep_models=args.keep_models,
+                     jobs=args.jobs, redo=args.redo)
 
 
 def run(args: argparse.Namespace) -> int:
