@@ -19,8 +19,10 @@ def add_parser(sub) -> None:
             "Pretrain a small model (or reuse the one cached in OUT), grow it into the preset's target with each\n"
             "method, train every target (and scratch: a fresh random init) with the same schedule and data order,\n"
             "and report the compute each needs to reach scratch's final eval loss, the operator's fit included.\n"
-            "OUT gets report.md, results.json, loss_vs_flops.png and loss_vs_seconds.png. A rerun skips finished\n"
-            "runs, so adding a method or a seed later trains only what is new.\n\n"
+            "OUT gets report.md, results.json (with paired differences against the best fixed baseline and the\n"
+            "savings curve), loss_vs_flops.png, loss_vs_seconds.png and savings_curve.png. A rerun skips finished\n"
+            "runs, so adding a method or a seed later trains only what is new (--redo reruns them). --jobs N\n"
+            "runs the method x seed runs in N worker processes, with the same results as one.\n\n"
             "presets: smoke (seconds; a pipeline check), tiny (2-core CPU, ~30 min per family and seed),\n"
             "small (for a GPU: 6L/256 -> 12L/512)."
         ),
@@ -129,7 +131,7 @@ def build_spec(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import run_bench
-    from ..bench.report import text_table, warnings, write_report
+    from ..bench.report import PLOTS, text_paired, text_table, warnings, write_report
 
     from .. import distributed
     from ..device import resolve_device
@@ -145,10 +147,13 @@ def run(args: argparse.Namespace) -> int:
     summary = write_report(result, plots=not args.no_plots)
     print()
     print(text_table(summary))
+    paired = text_paired(summary)
+    if paired:
+        print(f"\n{paired}")
     for line in warnings(summary):
         print(f"warning: {line}")
     print(f"\n{len(result.trained)} runs trained now, the rest reused; {time.perf_counter() - start:.0f} s")
     print(f"report: {out / 'report.md'}")
     if not args.no_plots:
-        print(f"plots:  {out / 'loss_vs_flops.png'}, {out / 'loss_vs_seconds.png'}")
+        print(f"plots:  {', '.join(str(out / name) for name in PLOTS)}")
     return 0
