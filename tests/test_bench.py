@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -394,17 +395,26 @@ def test_variant_parsing():
         runner.resolve_methods(["exact+fit_steps=3"])
 
 
-def test_cli_demo_runs_the_reduced_bench(tmp_path, capsys, monkeypatch):
+def test_cli_demo_runs_the_reduced_bench_and_keeps_its_models(tmp_path, capsys, monkeypatch):
     from growkit.bench import presets
     from growkit.cli import main
     from growkit.cli.demo import DEMO_METHODS, demo_spec
 
     spec = demo_spec()
-    assert spec.preset.family == "gpt2" and spec.methods == list(DEMO_METHODS)
+    assert spec.preset.family == "gpt2" and spec.methods == list(DEMO_METHODS) and spec.jobs == 2
     assert spec.preset.budget.steps < get_preset("gpt2", "tiny").budget.steps
     monkeypatch.setattr(presets, "demo_preset", lambda: get_preset("gpt2", "smoke").replace(budget_steps=8, budget_eval_every=4))
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--threads", "1"]) == 0
+    assert main(["demo", "--out", str(out), "--jobs", "1", "--threads", "1"]) == 0
     text = capsys.readouterr().out
-    assert "bert2bert" in text and "ligo" in text and "loss_vs_flops.png" in text
+    assert "bert2bert" in text and "ligo" in text and "savings_curve.png" in text
+    assert "train: 8/8" in text  # progress lines (stderr is no terminal here)
     assert (out / "report.md").is_file() and (out / "loss_vs_seconds.png").is_file()
+    kept = [line.split(": ", 1)[1].strip() for line in text.splitlines() if line.startswith(("small model:", "grown ("))]
+    assert len(kept) == 1 + len(DEMO_METHODS) - 1
+    for folder in kept:
+        assert (Path(folder) / "model.safetensors").is_file(), folder
+    assert main(["demo", "--out", str(out), "--jobs", "1", "--threads", "1"]) == 0
+    assert "0 runs trained now" in capsys.readouterr().out
+    assert main(["demo", "--out", str(out), "--jobs", "1", "--threads", "1", "--redo"]) == 0
+    assert "4 runs trained now" in capsys.readouterr().out

@@ -4,12 +4,15 @@ A run's seconds measure the machine as much as the method when other work
 shares its cores. :class:`LoadMonitor` samples the 1-minute load average while a
 run works; a run whose load exceeded the number of cores has unreliable wall
 times (its FLOPs are unaffected). The load average trails the present by about
-a minute, so a short run partly sees the minute before it.
+a minute, so a short run partly sees the minute before it. The monitor also
+records the process's CPU seconds: for a single-threaded run that is about what
+its wall time would be on an idle machine.
 """
 from __future__ import annotations
 
 import os
 import threading
+import time
 
 SAMPLE_EVERY = 2.0  #: seconds between samples
 
@@ -49,6 +52,7 @@ class LoadMonitor:
             self._take()
 
     def __enter__(self) -> "LoadMonitor":
+        self.cpu = time.process_time()
         self._take()
         self._thread.start()
         return self
@@ -57,11 +61,13 @@ class LoadMonitor:
         self._stop.set()
         self._thread.join()
         self._take()
+        self.cpu = time.process_time() - self.cpu
 
     def record(self) -> dict:
-        """max and mean load over the run, and the cores it is compared with (``busy``: max > cores)."""
+        """max and mean load over the run, the cores it is compared with (``busy``: max > cores), CPU seconds."""
         n = cores()
         if not self.samples:
-            return {"max": None, "mean": None, "cores": n, "busy": False}
+            return {"max": None, "mean": None, "cores": n, "busy": False, "cpu_seconds": self.cpu}
         peak = max(self.samples)
-        return {"max": peak, "mean": sum(self.samples) / len(self.samples), "cores": n, "busy": peak > n}
+        return {"max": peak, "mean": sum(self.samples) / len(self.samples), "cores": n, "busy": peak > n,
+                "cpu_seconds": self.cpu}
