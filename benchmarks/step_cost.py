@@ -50,9 +50,10 @@ KINDS = {
 
 
 def matmul_flops_per_s(n: int, repeats: int = 5) -> float:
+    """FLOP/s of an N x N x N fp32 matmul on this process's CPU clock (best of ``repeats``), like the steps'."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
-    best = min(_time(lambda: a @ b)[0] for _ in range(repeats))
+    best = min(_time(lambda: a @ b)[1] for _ in range(repeats))
     return 2 * n ** 3 / best
 
 
@@ -89,18 +90,22 @@ def timed_steps(step, batches: list[dict]) -> tuple[float, float, list[float]]:
     return wall / len(batches), cpu / len(batches), losses
 
 
-def profile(step, batches: list[dict]) -> dict[str, float]:
-    """Self CPU time per kind of op (seconds per step)."""
+def profile(step, batches: list[dict]) -> tuple[dict[str, float], list[tuple[str, float]]]:
+    """Self CPU time per kind of op, and of the costliest ops in "other" (seconds per step)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for b in batches:
             step(b)
     kinds: dict[str, float] = defaultdict(float)
+    other = []
     for event in prof.key_averages():
         kind = next((k for k, names in KINDS.items() if event.key.startswith(names)), "other")
-        kinds[kind] += event.self_cpu_time_total / 1e6 / len(batches)
-    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+        seconds = event.self_cpu_time_total / 1e6 / len(batches)
+        kinds[kind] += seconds
+        if kind == "other":
+            other.append((event.key, seconds))
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1])), sorted(other, key=lambda kv: -kv[1])[:6]
 
 
 def main() -> None:
@@ -131,7 +136,7 @@ def main() -> None:
     for b in warm:
         eager(b)
     e_wall, e_cpu, e_losses = timed_steps(eager, timed)
-    kinds = profile(eager, timed[:5])
+    kinds, other = profile(eager, timed[:5])
     model = copy.deepcopy(init).eval()
     eval_wall, eval_cpu = _time(lambda: evaluate(model, data.eval_batches, torch.device("cpu")))
 
@@ -153,7 +158,7 @@ def main() -> None:
     print(f"{args.family} {preset.name} target {preset.target} ({sum(p.numel() for p in init.parameters()):,} "
           f"parameters), batch {preset.batch_size} x {preset.seq_len}, {torch.get_num_threads()} thread(s), "
           f"torch {torch.__version__}")
-    print(f"plain fp32 matmul {args.matmul}^3: {before / 1e9:.1f} GFLOP/s before, {after / 1e9:.1f} after")
+    print(f"plain fp32 matmul {args.matmul}^3 (CPU clock): {before / 1e9:.1f} GFLOP/s before, {after / 1e9:.1f} after")
     print(f"analytic FLOPs per training step: {step_flops:.4g}")
     print(f"{'variant':10}{'ms/step wall':>14}{'ms/step CPU':>13}{'steps/s (CPU)':>15}{'GFLOP/s (CPU)':>15}{'of matmul':>11}")
     rows = [("eager", e_wall, e_cpu)] + ([("compiled", compiled[1], compiled[2])] if compiled else [])
@@ -168,6 +173,7 @@ def main() -> None:
     print(f"self CPU time per eager step under torch.profiler ({total * 1e3:.1f} ms with the profiler's overhead):")
     for kind, seconds in kinds.items():
         print(f"  {kind:12}{seconds * 1e3:8.1f} ms  {seconds / total:6.1%}")
+    print("  costliest in other: " + ", ".join(f"{name} {seconds / total:.1%}" for name, seconds in other))
     evals = preset.budget.steps // preset.budget.eval_every + 1
     print(f"one evaluation ({len(data.eval_batches)} batches): {eval_cpu * 1e3:.0f} ms CPU = {eval_cpu / e_cpu:.1f} "
           f"steps; {evals} evaluations per {preset.budget.steps}-step run = "

@@ -338,6 +338,30 @@ def test_warnings_flag_a_target_too_close_to_the_small_model(smoke):
     assert not any("small model" in w for w in warnings(summarise(fake)))
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_tiny_long_fits_cost_at_most_five_percent_of_its_budget(family, tmp_path):
+    from growkit.bench.runner import Runner, _source_config, load_data
+    from growkit.flops import flops_per_batch
+    from growkit.io import model_class
+
+    preset = get_preset(family, "tiny-long")
+    tiny = get_preset(family, "tiny")
+    assert (preset.source, preset.target, preset.source_budget) == (tiny.source, tiny.target, tiny.source_budget)
+    assert preset.budget.steps == 2500 and preset.fit_steps == 100
+    spec = BenchSpec(preset.replace(text_chars=200_000), methods=["scratch"], seeds=[0])
+    data = load_data(spec, tmp_path)
+    config = _source_config(spec, data)
+    source = model_class(config)(config)
+    target = preset.target_config(config)
+    step = flops_per_batch(target, next(data.train_batches(0)))
+    for method in ("ligo", "mango"):
+        per_step, materialise = Runner(spec, tmp_path)._fit_flops(source, target, method, data, 0, {})
+        share = (preset.fit_steps * per_step + materialise) / (preset.budget.steps * step)
+        assert 0.03 < share <= 0.05, (method, share)
+    with pytest.raises(GrowError, match="tiny-long"):
+        get_preset("vit", "tiny-long")
+
+
 # --- the command line -------------------------------------------------------------------
 def test_cli_parses_seeds_and_options():
     from growkit.cli.bench import parse_options, parse_seeds

@@ -404,6 +404,7 @@ class Runner:
         for note in skipped.values():
             self.log(f"note: {note}")
         distributed.on_main(_check_settings, spec, self.out)
+        self.log("data: " + ("loading" if p.family == "vit" else "tokenising the corpus (the first time: training the BPE)"))
         data = distributed.main_first(lambda: load_data(spec, self.out))  # rank 0 saves the tokenizer, the others load it
         if spec.jobs > 1:
             sources, runs = self._in_workers(methods)
@@ -436,6 +437,7 @@ class Runner:
         queue = context.Queue()
         relay = threading.Thread(target=_relay, args=(queue, self.log), daemon=True)
         relay.start()
+        self.log(f"starting {spec.jobs} worker processes ({spec.threads or 1} thread(s) each)")
         try:
             with ProcessPoolExecutor(spec.jobs, mp_context=context, initializer=_start_worker,
                                      initargs=(queue, spec.threads or 1)) as pool:

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
             "runs, so adding a method or a seed later trains only what is new (--redo reruns them). --jobs N\n"
             "runs the method x seed runs in N worker processes, with the same results as one.\n\n"
             "presets: smoke (seconds; a pipeline check), tiny (2-core CPU, ~30 min per family and seed),\n"
-            "small (for a GPU: 6L/256 -> 12L/512)."
+            "tiny-long (gpt2, llama, bert: tiny with a 2500-step target budget), small (for a GPU: 6L/256 -> 12L/512)."
         ),
         epilog=(
             "examples:\n"
@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
         ),
     )
     p.add_argument("--family", choices=("gpt2", "bert", "vit", "llama"), default="gpt2", help="model family (default gpt2)")
-    p.add_argument("--preset", choices=("smoke", "tiny", "small"), default="tiny", help="sizes and budgets (default tiny)")
+    p.add_argument("--preset", choices=("smoke", "tiny", "tiny-long", "small"), default="tiny",
+                   help="sizes and budgets (default tiny)")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated methods, or variants such as mango+rank=2 or ligo+fit_steps=300 "
                    f"(fit_steps, fit_lr or a grow() option); scratch always runs (default {DEFAULT_METHODS})")
