@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import distributed
 from ..api import grow
@@ -56,7 +57,7 @@ from ..fit import FitConfig, target_loss
 from ..flops import count_flops, flops_per_batch, measure_flops, params_count
 from ..io import load_pretrained, model_class
 from ..ops import get_method, methods as registered_methods
-from ..progress import lines_to
+from ..progress import lines_to, progress_bar
 from ..train import train
 from .load import LoadMonitor
 from .presets import Preset
@@ -428,42 +429,54 @@ class Runner:
         """Every unfinished run in ``spec.jobs`` worker processes: the sources first, then each seed's targets.
 
         The learned methods of a seed are queued first: they take longest, so the pool drains evenly.
+        With progress on a terminal a bar counts the finished runs, above which the log lines scroll.
         """
         spec = self.spec
         sources: dict[int, dict] = {}
         runs: dict[int, dict[str, dict]] = {seed: {} for seed in spec.seeds}
+        for seed in spec.seeds:
+            record = self.finished_source(seed)
+            if record is not None:
+                sources[seed] = record
+            for entry in methods:
+                record = self.finished_target(seed, entry)
+                if record is not None:
+                    runs[seed][entry] = record
         order = sorted(methods, key=lambda m: m == "scratch" or not get_method(self.spec.variant(m).method).learned)
+        todo = {seed: [m for m in order if m not in runs[seed]] for seed in spec.seeds}
+        bar = progress_bar(len(spec.seeds) - len(sources) + sum(map(len, todo.values())), "runs",
+                           enabled=bool(spec.progress) and sys.stderr.isatty())
+
+        def log(line: str) -> None:
+            with tqdm.external_write_mode():  # the line goes above the bar
+                self.log(line)
+
         context = multiprocessing.get_context("spawn")  # fork would copy this process's OpenMP state
         queue = context.Queue()
-        relay = threading.Thread(target=_relay, args=(queue, self.log), daemon=True)
+        relay = threading.Thread(target=_relay, args=(queue, log), daemon=True)
         relay.start()
-        self.log(f"starting {spec.jobs} worker processes ({spec.threads or 1} thread(s) each)")
+        log(f"starting {spec.jobs} worker processes ({spec.threads or 1} thread(s) each)")
         try:
             with ProcessPoolExecutor(spec.jobs, mp_context=context, initializer=_start_worker,
                                      initargs=(queue, spec.threads or 1)) as pool:
                 pending: dict[Future, tuple[int, str | None]] = {}
 
                 def queue_targets(seed: int) -> None:
-                    for entry in order:
-                        record = self.finished_target(seed, entry)
-                        if record is None:
-                            pending[pool.submit(_target_job, spec, self.out, seed, entry)] = (seed, entry)
-                        else:
-                            runs[seed][entry] = record
+                    for entry in todo[seed]:
+                        pending[pool.submit(_target_job, spec, self.out, seed, entry)] = (seed, entry)
 
                 for seed in spec.seeds:
-                    record = self.finished_source(seed)
-                    if record is None:
-                        pending[pool.submit(_source_job, spec, self.out, seed)] = (seed, None)
-                    else:
-                        sources[seed] = record
+                    if seed in sources:
                         queue_targets(seed)
+                    else:
+                        pending[pool.submit(_source_job, spec, self.out, seed)] = (seed, None)
                 try:
                     while pending:
                         finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                         for future in finished:
                             seed, entry = pending.pop(future)
                             record = future.result()  # a worker's error is raised here
+                            bar.update()
                             if entry is None:
                                 sources[seed] = record
                                 queue_targets(seed)
@@ -476,6 +489,7 @@ class Runner:
         finally:
             queue.put(None)
             relay.join()
+            bar.close()
         return sources, {seed: {m: runs[seed][m] for m in methods} for seed in spec.seeds}
 
 
