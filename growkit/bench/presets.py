@@ -156,19 +156,21 @@ def _presets(family: str) -> dict[str, Preset]:
         small = small.replace(batch_size=64, image_size=32, patch_size=4)
     presets = {"smoke": smoke, "tiny": tiny, "small": small}
     if family in LONG_FAMILIES:
-        presets["tiny-long"] = tiny.replace(name="tiny-long", budget_steps=2500)
+        # eval every 50: an evaluation costs ~4 training steps, so every 25 would add ~16% to the run
+        presets["tiny-long"] = tiny.replace(name="tiny-long", budget_steps=2500, budget_eval_every=50)
     return presets
 
 
 def demo_preset() -> Preset:
     """``growkit demo``: the gpt2 tiny preset with short budgets, about 4-5 minutes on 2 idle cores with 2 workers.
 
-    The source pretrains only 300 steps, so that scratch's 400-step target still ends below the small model's
+    The source pretrains only 250 steps, so that scratch's 360-step target still ends below the small model's
     loss and growth has real work to do (with the tiny preset's 1000-step source it would not). The learned
-    operators fit 25 steps: at this budget a 100-step fit would cost a quarter of scratch's compute.
+    operators fit 25 steps: at this budget a 100-step fit would cost over a quarter of scratch's compute.
+    An evaluation costs about four training steps, so the demo evaluates every 40 steps.
     """
     return get_preset("gpt2", "tiny").replace(
-        name="demo", budget_steps=400, budget_eval_every=25, source_budget_steps=300, source_budget_eval_every=50,
+        name="demo", budget_steps=360, budget_eval_every=40, source_budget_steps=250, source_budget_eval_every=50,
         fit_steps=25,
     )
 

@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
         epilog=(
             "examples:\n"
             "  growkit bench --family gpt2 --preset tiny --seeds 2 --out runs/bench-gpt2-tiny\n"
+            "  growkit bench --family gpt2 --preset tiny-long --seeds 3 --jobs 2 --progress\n"
             "  growkit bench --family vit --preset tiny --methods scratch,bert2bert,ligo --data digits\n"
             "  growkit bench --family gpt2 --preset tiny --methods scratch,mango,mango+rank=2,mango+fit_steps=300\n"
             "  growkit bench --family gpt2 --preset tiny --lr 1e-3 --out runs/bench-gpt2-tiny-lr1e-3"

@@ -51,6 +51,7 @@ def demo_spec(seed: int = 0, threads: int | None = None, jobs: int = DEMO_JOBS, 
 def run(args: argparse.Namespace) -> int:
     from ..bench import run_bench
     from ..bench.report import PLOTS, text_paired, text_table, warnings, write_report
+    from ..bench.load import cores
     from ..bench.runner import Runner
     from ..core.errors import GrowError
 
@@ -80,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
         print("(the demo's budget is short on purpose; `growkit bench --preset tiny` is the measured comparison, "
               "see BENCHMARKS.md)")
     runner = Runner(spec, args.out)
-    print(f"\ndone in {time.perf_counter() - start:.0f} s ({len(result.trained)} runs trained now, the rest reused)")
+    busy = [load["max"] for by_method in summary["busy_runs"].values() for load in by_method.values()]
+    caveat = (f"; the load average reached {max(busy):.1f} on {cores()} cores, so this time measures the machine's "
+              "other work too" if busy else "")
+    print(f"\ndone in {time.perf_counter() - start:.0f} s ({len(result.trained)} runs trained now, the rest reused"
+          f"{caveat})")
     print(f"small model:  {runner.source_dir(args.seed) / 'train' / 'final'}")
     for method in result.info["methods"]:
         if method != "scratch":
