@@ -529,5 +529,9 @@ def _target_job(spec: BenchSpec, out: Path, seed: int, entry: str) -> dict:
 
 
 def run_bench(spec: BenchSpec, out: str | Path, log: Callable[[str], None] = print) -> BenchResult:
-    """Run (or resume) ``spec`` into ``out`` and return every run's record; see :mod:`growkit.bench.report`."""
+    """Run (or resume) ``spec`` into ``out`` and return every run's record; see :mod:`growkit.bench.report`.
+
+    With ``spec.jobs > 1`` the workers are spawned, so a script that calls this needs the usual
+    ``if __name__ == "__main__":`` guard (the workers import the script's module).
+    """
     return Runner(spec, Path(out), log).run()
