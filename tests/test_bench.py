@@ -249,9 +249,12 @@ def test_redo_reruns_finished_runs(smoke, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    again = run_bench(_spec(["scratch", "exact"], redo=True), copy, log=lambda _: None)
+    spec = BenchSpec(get_preset("gpt2", "smoke"), methods=["scratch", "exact"], seeds=[0], redo=True)  # default threads
+    again = run_bench(spec, copy, log=lambda _: None)
     assert sorted(again.trained) == [(0, "exact"), (0, "scratch")]
-    assert again.runs[0]["exact"]["eval_loss"] == first.runs[0]["exact"]["eval_loss"]
+    assert again.runs[0]["exact"]["threads"] == 1
+    assert [r.get("eval_loss") for r in again.runs[0]["exact"]["history"]] == \
+        [r.get("eval_loss") for r in first.runs[0]["exact"]["history"]]
 
 
 def test_busy_runs_mark_the_wall_time_figures(smoke):

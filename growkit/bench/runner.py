@@ -18,7 +18,7 @@ taken, plus the final materialisation) and their wall time is the whole
 start at the operator's cost.
 
 With ``jobs > 1`` the runs go to that many worker processes (spawned, one CPU
-thread each unless ``threads`` says otherwise): first every seed's source, then
+thread each, like a sequential run, unless ``threads`` says otherwise): first every seed's source, then
 every (seed, method) target of a seed whose source is ready. A run's result
 does not depend on ``jobs``: each one seeds itself, loads its source from disk
 and trains with the same settings as in a sequential run. Each run records the
@@ -81,7 +81,9 @@ class BenchSpec:
     data: str | None = None  #: text file/folder, image folder or "digits"; None: the embedded default
     progress: bool | None = False  #: progress of training and fitting: a tqdm bar on a terminal (jobs 1), else lines
     keep_models: bool = False  #: keep every trained target's final model (else only the curves)
-    threads: int | None = None  #: torch CPU threads per process (None: torch's default, or 1 per worker with jobs > 1)
+    #: torch CPU threads per process (None: 1). The thread count changes float sums in the last bits, so one
+    #: default for every ``jobs`` keeps a run's numbers independent of it.
+    threads: int | None = None
     jobs: int = 1  #: worker processes for the runs (1: all in this process)
     redo: bool = False  #: rerun finished runs instead of reusing them
 
@@ -392,8 +394,7 @@ class Runner:
         if self.spec.jobs > 1 and distributed.launched():
             raise GrowError("jobs > 1 runs the benchmark in worker processes; under torchrun/accelerate launch use jobs 1")
         threads = torch.get_num_threads()
-        if self.spec.threads:
-            torch.set_num_threads(self.spec.threads)
+        torch.set_num_threads(self.spec.threads or 1)
         try:
             return self._run()
         finally:

@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
                    help="worker processes for the runs (each seed's source, then every method x seed); results do "
                    "not depend on it (default 1: all in this process)")
     p.add_argument("--threads", type=int,
-                   help="torch CPU threads per process (default: 1 per worker with --jobs > 1, else torch's)")
+                   help="torch CPU threads per process (default 1: the numbers then do not depend on --jobs)")
     p.add_argument("--redo", action="store_true", help="rerun finished runs instead of reusing them")
     p.add_argument("--keep-models", action="store_true", help="keep every trained target model (default: curves only)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--jobs", type=int, default=DEMO_JOBS,
                    help=f"worker processes for the runs (default {DEMO_JOBS}; the results do not depend on it)")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process (default 1 per worker, torch's with --jobs 1)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process (default 1)")
     p.add_argument("--redo", action="store_true", help="train finished runs again instead of reusing them")
     p.set_defaults(func=run)
 
