@@ -7,11 +7,15 @@ from typing import Any
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .arch import adapter_for
+from .core.catalog import refuse_unused
 from .core.errors import GrowError
 from .fit import FitConfig, FitResult, fit
 from .ops import get_method, grow_fixed, methods
 
 __all__ = ["grow", "methods", "resolve_target"]
+
+#: the arguments of :func:`grow` that only a learned method's fit uses
+FIT_ARGUMENTS = ("data", "steps", "fit_config", "checkpoint_dir", "checkpoint_every")
 
 
 def resolve_target(model: PreTrainedModel, target: PretrainedConfig | dict[str, int]) -> PretrainedConfig:
@@ -36,7 +40,7 @@ def grow(
     depth: str | None = None,
     seed: int = 0,
     data: Any = None,
-    steps: int = 100,
+    steps: int | None = None,
     fit_config: FitConfig | None = None,
     return_fit: bool = False,
     checkpoint_dir: str | Path | None = None,
@@ -47,13 +51,19 @@ def grow(
 
     Fixed methods may swap either half with ``width=`` / ``depth=``. Learned
     methods (``ligo``, ``mango``) need ``data`` (batches with labels) and fit for
-    ``steps`` steps; ``return_fit=True`` also returns their :class:`FitResult`.
+    ``steps`` steps (default 100); ``return_fit=True`` also returns their :class:`FitResult`.
+    An argument the method would ignore (``data=`` for a fixed method, ``rank=``
+    for ligo) is refused.
     With ``checkpoint_dir`` and ``checkpoint_every`` the fit checkpoints there and
     resumes from the newest checkpoint it finds (see :func:`growkit.fit.fit`).
     The source model is never modified.
     """
     adapter = adapter_for(model)
     spec = get_method(method)
+    given = {"width": width, "depth": depth, "data": data, "steps": steps, "fit_config": fit_config,
+             "checkpoint_dir": checkpoint_dir, "checkpoint_every": checkpoint_every or None, **options}
+    accepted = [*spec.options, *(FIT_ARGUMENTS if spec.learned else ("width", "depth"))]
+    refuse_unused(spec.name, [name for name, value in given.items() if value is not None], accepted)
     config = resolve_target(model, target)
     tgt_dims = adapter.dims(config)
     source = adapter.to_canonical(model)
@@ -61,8 +71,6 @@ def grow(
     if not spec.learned:
         canon = grow_fixed(source, tgt_dims, width or spec.width, depth or spec.depth, seed=seed, **options)
         return adapter.from_canonical(canon, config, model_class)
-    if width or depth:
-        raise GrowError(f"{method} learns its own width and depth maps; width= and depth= apply to fixed methods")
     if data is None:
         raise GrowError(
             f"{method} is fit on the target's loss and needs data: pass data= (an iterable of batch dicts "
@@ -70,7 +78,7 @@ def grow(
         )
     operator = spec.build(source, tgt_dims, seed=seed, **options)
     template = adapter.from_canonical(operator.materialize(), config, model_class)
-    fit_config = fit_config or FitConfig(steps=steps)
+    fit_config = fit_config or FitConfig(steps=100 if steps is None else steps)
     result = fit(operator, template, adapter, data, fit_config, seed=seed,
                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
     grown = adapter.from_canonical(operator.materialize(), config, model_class)

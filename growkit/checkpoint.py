@@ -74,7 +74,8 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "__items__" in obj:
         return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__items__"]}
     if "__ndarray__" in obj:
-        return _decode(obj["__ndarray__"], tensors).numpy().astype(obj["dtype"])
+        array = _decode(obj["__ndarray__"], tensors)
+        return None if array is None else array.numpy().astype(obj["dtype"])
     return {k: _decode(v, tensors) for k, v in obj.items()}
 
 
@@ -90,13 +91,17 @@ def save_state(path: str | Path, state: dict) -> Path:
     return atomic_write_bytes(Path(path), state_bytes(state))
 
 
-def load_state(path: str | Path) -> dict:
-    """Read a state written by :func:`save_state`; a damaged file is a :class:`GrowError`."""
+def load_state(path: str | Path, tensors: bool = True) -> dict:
+    """Read a state written by :func:`save_state`; a damaged file is a :class:`GrowError`.
+
+    ``tensors=False`` reads only the JSON part (its tensors come back as None):
+    enough to check a checkpoint's settings without loading its optimiser state.
+    """
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = (f.metadata() or {}).get(_META_KEY)
-            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
+            tensors = {k: f.get_tensor(k).clone() if tensors else None for k in f.keys()}
         if meta is None:
             raise ValueError("no growkit state in its metadata")
         return _decode(json.loads(meta), tensors)
@@ -124,6 +129,30 @@ def fsync_tree(folder: Path) -> None:
         if path.is_file():
             _fsync(path)
     _fsync(folder)
+
+
+def _umask() -> int:
+    """The process's umask (read from /proc where it can be, so it is never changed, even for an instant)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_modes(folder: Path) -> None:
+    """Give every file under ``folder`` mode 0666 and every folder 0777, less the umask (0644/0755 under 022).
+
+    Some writers (safetensors via a temporary file) create 0600 files; a saved
+    model is meant to be read by whoever may read the folder.
+    """
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def temp_sibling(path: Path, kind: str = "tmp") -> Path:

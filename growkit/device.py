@@ -24,10 +24,8 @@ from typing import ContextManager, Iterator
 
 import torch
 
+from .core.catalog import DEVICES, PRECISIONS
 from .core.errors import GrowError
-
-#: the device names the command line accepts
-DEVICES = ("cpu", "auto", "cuda")
 
 
 def _cuda_available() -> bool:
@@ -93,6 +91,25 @@ def precision(device: str | torch.device) -> Precision:
             return Precision("cuda", True, torch.bfloat16, "bf16")
         return Precision("cuda", False, torch.float32, "no")
     return Precision(kind, False, torch.float32, "no")
+
+
+def training_precision(device: torch.device, requested: str = "auto") -> Precision:
+    """:func:`precision`'s policy, or the one ``requested`` (``fp32``, ``bf16``) where ``device`` supports it.
+
+    bf16 is refused on the CPU (its matmuls are about 100x slower than fp32
+    there) and on a GPU without bf16; fp32 is always possible.
+    """
+    if requested not in PRECISIONS:
+        raise GrowError(f"unknown precision {requested!r}; use one of {', '.join(PRECISIONS)}")
+    policy = precision(device)
+    if requested == "auto" or requested == ("bf16" if policy.autocast else "fp32"):
+        return policy
+    if requested == "fp32":
+        return Precision(policy.device_type, False, torch.float32, "no")
+    if policy.device_type != "cuda":
+        raise GrowError("bf16 needs a CUDA GPU: on the CPU growkit trains in fp32 (bf16 matmuls are about 100x "
+                        "slower there); use --precision fp32 or --device cuda")
+    raise GrowError("this GPU has no bf16 support; use --precision fp32")
 
 
 def autocast_context(device: str | torch.device) -> ContextManager:

@@ -15,6 +15,7 @@ materialisation) always runs in fp32 (see :mod:`growkit.device`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -32,25 +33,7 @@ from .core.errors import GrowError
 from .device import DEVICES, autocast_context, resolve_device, use_attention
 from .ops.operator import GrowthOperator
 from .progress import progress_bar
-
-
-@dataclass
-class FitConfig:
-    """The operator's own optimiser settings.
-
-    The defaults follow the LiGO recipe (AdamW, clipping 1.0, ~100 steps) but with
-    a short warmup: the official 10,000-step warmup leaves the lr near zero for
-    the whole fit. Weight decay is off because it would pull the operator away
-    from its function-preserving start for no benefit over 100 steps.
-    """
-
-    steps: int = 100
-    lr: float = 1e-3
-    warmup: int = 10
-    weight_decay: float = 0.0
-    clip: float = 1.0
-    progress: bool = True
-    device: str = "cpu"  #: "cpu", "cuda" or "auto"; on CUDA the target's forward runs in bf16 autocast
+from .settings import FitConfig
 
 
 class FitWarning(UserWarning):
@@ -212,7 +195,7 @@ def fit(
     bar = progress_bar(config.steps, "fit", config.progress, initial=done, leave=False, main=main)
     start = time.perf_counter()
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda), contextlib.closing(bar):  # an interrupt's message is not redrawn over
         torch.manual_seed(seed + rank)  # dropout: one stream per process (the data order is the global one)
         if state is not None:
             saved = state.get("rng_ranks") or [state["rng"]]
@@ -254,7 +237,6 @@ def fit(
             if checkpoint_dir is not None and checkpoint_every and finished % checkpoint_every == 0 \
                     and finished < config.steps and all_finite(params):
                 save(finished)
-    bar.close()
     result.seconds += time.perf_counter() - start
     model.eval()
     if device.type != "cpu":  # hand back CPU modules: the grown model is built and saved from the operator

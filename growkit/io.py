@@ -19,12 +19,15 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from .arch import SUPPORTED_CLASSES
-from .checkpoint import fsync_tree, load_state, state_bytes, temp_sibling
+from .checkpoint import fsync_tree, load_state, publish_modes, state_bytes, temp_sibling
 from .core.errors import GrowError
 
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 STATE_FILE = "training_state.safetensors"  #: optimiser, scheduler, RNG and counters (no pickle)
+#: how a tokenizer was loaded, which transformers writes back into tokenizer_config.json; not part of the tokenizer
+LOAD_ONLY_KEYS = ("local_files_only", "is_local", "cache_dir", "force_download", "token",
+                  "revision", "subfolder", "_commit_hash")
 
 
 @contextlib.contextmanager
@@ -54,7 +57,7 @@ def load_config(folder: str | Path) -> PretrainedConfig:
     """The config of a model folder, checked: the model type first, then the field types, then the sizes."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise GrowError(f"model folder {folder} does not exist")
+        raise GrowError(f"model folder {folder} does not exist{_hub_hint(folder)}")
     path = folder / "config.json"
     if not path.is_file():
         raise GrowError(f"{folder} has no config.json; is it a folder written by save_pretrained?")
@@ -75,6 +78,17 @@ def load_config(folder: str | Path) -> PretrainedConfig:
         raise GrowError(f"{path}: {_one_line(err)}") from None
     check_config(config, path)
     return config
+
+
+def _hub_hint(folder: Path) -> str:
+    """For a missing folder named like a Hub id (``owner/name``): growkit reads local folders, and how to get one."""
+    parts = str(folder).split("/")
+    if len(parts) != 2 or not all(parts) or parts[0] in (".", "..") or folder.parent.exists():
+        return ""
+    return (f"; growkit reads local folders only and never downloads: on a machine with internet, run "
+            f"`hf download {folder} --local-dir {parts[1]}` (huggingface_hub; older versions: "
+            f"`huggingface-cli download`) or `from_pretrained('{folder}').save_pretrained('{parts[1]}')`, "
+            f"then pass that folder")
 
 
 def _one_line(err: BaseException) -> str:
@@ -176,10 +190,12 @@ def save_pretrained(
                 model.save_pretrained(str(tmp), state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+            _drop_load_only_keys(tmp / "tokenizer_config.json")
         if state is not None:
             (tmp / STATE_FILE).write_bytes(state_bytes(state))
         for path in extra_files:
             shutil.copy2(path, tmp / Path(path).name)
+        publish_modes(tmp)
         fsync_tree(tmp)
         if folder.exists():
             folder.rename(old)
@@ -193,9 +209,22 @@ def save_pretrained(
     return folder
 
 
-def load_training_state(folder: str | Path) -> dict:
-    """The training state saved next to a checkpoint's weights (safetensors + JSON; never unpickled)."""
+def _drop_load_only_keys(path: Path) -> None:
+    """Keep a saved tokenizer_config.json as the tokenizer's own: without the options it happened to be loaded with."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if any(key in config for key in LOAD_ONLY_KEYS):
+        kept = {k: v for k, v in config.items() if k not in LOAD_ONLY_KEYS}
+        path.write_text(json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def load_training_state(folder: str | Path, tensors: bool = True) -> dict:
+    """The training state saved next to a checkpoint's weights (safetensors + JSON; never unpickled).
+
+    ``tensors=False`` reads only its settings and counters (no optimiser state).
+    """
     path = Path(folder) / STATE_FILE
     if not path.is_file():
         raise GrowError(f"{folder} has no {STATE_FILE}; it is not a growkit checkpoint")
-    return load_state(path)
+    return load_state(path, tensors)

@@ -17,6 +17,7 @@ the CPU everything stays fp32 (see :mod:`growkit.device`).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -35,47 +36,11 @@ from . import distributed
 from .checkpoint import all_finite, atomic_write_text, digest_tensors, numbered, prune, rng_state, set_rng_state
 from .core.errors import GrowError
 from .data import TaskData
-from .device import DEVICES, precision, resolve_device, use_attention
+from .device import resolve_device, training_precision, use_attention
 from .flops import batch_tokens, flops_per_batch
 from .io import STATE_FILE, load_pretrained, load_training_state, save_pretrained
 from .progress import progress_bar
-
-SCHEDULES = ("cosine", "linear", "constant")
-
-
-@dataclass
-class TrainConfig:
-    """Optimiser, schedule and bookkeeping of one run; the defaults suit the small models growkit trains on CPU."""
-
-    steps: int = 200  #: optimiser steps
-    lr: float = 1e-3  #: peak learning rate (small models tolerate a high one)
-    warmup: int = 20  #: steps of linear warmup from lr/warmup to lr
-    schedule: str = "cosine"  #: decay after warmup: cosine, linear or constant
-    min_lr_ratio: float = 0.1  #: the decay ends at lr * min_lr_ratio
-    weight_decay: float = 0.1  #: AdamW decay, on matrices only (not biases, norms)
-    betas: tuple[float, float] = (0.9, 0.95)
-    clip: float = 1.0  #: max gradient norm; 0 turns clipping off
-    eval_every: int = 50  #: held-out eval every k steps, plus at step 0 and at the end; 0: only at the end
-    log_every: int = 1  #: a metrics record (mean train loss since the last one) every k steps
-    checkpoint_every: int = 0  #: a checkpoint every N steps (0: none); out_dir always gets the final model
-    keep_checkpoints: int = 0  #: keep only the newest K checkpoints (0: keep all)
-    seed: int = 0  #: seeds the data order and dropout
-    device: str = "cpu"  #: "cpu", "cuda", or "auto" (a GPU when there is one); CUDA trains in bf16 autocast
-    progress: bool | None = None  #: tqdm bar; None: only when stderr is a terminal (see growkit.progress)
-
-    def check(self) -> None:
-        if self.steps < 1:
-            raise GrowError(f"steps must be at least 1, got {self.steps}")
-        if self.schedule not in SCHEDULES:
-            raise GrowError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
-        if self.device not in DEVICES:
-            raise GrowError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        resolve_device(self.device)  # "cuda" without a GPU is refused here, before any work
-        for name in ("warmup", "eval_every", "checkpoint_every", "keep_checkpoints", "clip", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise GrowError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.lr <= 0 or self.log_every < 1 or not 0 <= self.min_lr_ratio <= 1:
-            raise GrowError("lr must be positive, log_every at least 1 and min_lr_ratio within [0, 1]")
+from .settings import TrainConfig
 
 
 @dataclass
@@ -155,10 +120,12 @@ def _config(model: torch.nn.Module):
     return model.config
 
 
-def _prepare_out(out_dir: Path | None, resume: bool) -> Path | None:
+def _prepare_out(out_dir: Path | None, resume: bool, cfg: TrainConfig) -> Path | None:
     if out_dir is None:
         if resume:
             raise GrowError("resume=True needs the out_dir that holds the run's checkpoints")
+        if cfg.report_to:
+            raise GrowError(f"reporting to {', '.join(cfg.report_to)} needs an out_dir to write to")
         return None
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -166,18 +133,53 @@ def _prepare_out(out_dir: Path | None, resume: bool) -> Path | None:
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not resume:
             raise GrowError(f"output folder {out_dir} exists and is not empty; choose a new one")
-        if (out_dir / "final").exists():
-            raise GrowError(f"output folder {out_dir} exists and is not empty: it holds a finished run; choose a new one")
+        resume_point(out_dir, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
 
 
 #: settings that may change between a run and its resumption (they do not change the result)
-_RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "progress")
+_RESUMABLE_CHANGES = ("checkpoint_every", "keep_checkpoints", "progress", "report_to")
 
 
 def _comparable(cfg: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k not in _RESUMABLE_CHANGES}
+    full = {**asdict(TrainConfig()), **cfg}  # a checkpoint from before a setting existed had its default
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in full.items() if k not in _RESUMABLE_CHANGES}
+
+
+def resume_point(out_dir: Path, cfg: TrainConfig) -> tuple[int, Path] | None:
+    """The checkpoint in ``out_dir`` that a run with ``cfg`` goes on from (None: it starts over).
+
+    A finished run goes on only when ``cfg.steps`` is larger (an extension) and
+    the longer run would have followed the same learning-rate schedule: the
+    constant one. Under a decaying schedule a longer run differs from its first
+    step past the warmup, so the extension is refused with that reason. Any
+    other change of settings is refused too.
+    """
+    found = latest_checkpoint(out_dir)
+    finished = (out_dir / "final").exists()
+    if found is None:
+        if finished:
+            raise GrowError(f"output folder {out_dir} holds a finished run that kept no checkpoint (--checkpoint-every 0), "
+                            "so it cannot be extended; choose a new folder")
+        return None
+    step, folder = found
+    if finished and step >= cfg.steps:
+        raise GrowError(f"output folder {out_dir} holds a finished {step}-step run; choose a new folder, "
+                        f"or pass a --steps larger than {step} to extend it")
+    old, new = _comparable(load_training_state(folder, tensors=False).get("config", {})), _comparable(asdict(cfg))
+    changed = sorted(k for k in new if old.get(k) != new[k])
+    if changed == ["steps"] and cfg.steps > step and cfg.schedule != "constant":
+        raise GrowError(
+            f"{out_dir} holds a run of {old['steps']} steps whose {cfg.schedule} learning-rate schedule depends on "
+            f"that length, so a {cfg.steps}-step run would have followed another schedule from step {cfg.warmup} on "
+            f"and it cannot be extended exactly; train {out_dir / 'final' if finished else folder} in a new folder "
+            "(a fresh optimiser), or use --schedule constant for runs you mean to extend"
+        )
+    if changed and changed != ["steps"]:
+        raise GrowError(f"{folder} was written with other training settings ({', '.join(changed)}); rerun the same "
+                        "command, or start in a new folder")
+    return found
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -234,7 +236,13 @@ def train(
     settings: training continues from its newest checkpoint (weights,
     optimiser, scheduler, RNG states, data position and counters), and the
     result equals an uninterrupted run's bit for bit on the same machine.
-    Without a checkpoint the run starts over.
+    Without a checkpoint the run starts over. A finished run with a constant
+    schedule is extended by a larger ``cfg.steps`` (see :func:`resume_point`).
+
+    ``final`` holds only the model and its tokenizer; the resumable state of
+    the last step is kept in ``checkpoint-<step>`` when checkpoints are on.
+    Each step accumulates the gradients of ``cfg.grad_accum`` batches, so the
+    global batch (and the step's FLOPs) is that many times the data's batch.
     """
     cfg.check()
     device = resolve_device(cfg.device)
@@ -242,18 +250,19 @@ def train(
     world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
     if world > 1:
         distributed.check_batch(data.batch_size)
-    out_dir = distributed.on_main(_prepare_out, out_dir, resume)  # rank 0 creates it; its refusal stops every rank
+    out_dir = distributed.on_main(_prepare_out, out_dir, resume, cfg)  # rank 0 creates it; its refusal stops every rank
     torch.manual_seed(cfg.seed + rank)  # dropout: one stream per process (the data order is the global one)
     done, state = 0, None
     found = latest_checkpoint(out_dir) if resume else None
     if found is not None:
         done, folder = found
         state = load_training_state(folder)
-        if _comparable(state.get("config", {})) != _comparable(asdict(cfg)):
-            raise GrowError(f"{folder} was written with other training settings; rerun the same command, or start in a new folder")
         _restore(model, folder)
     use_attention(model, device)
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=precision(device).mixed_precision)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=training_precision(device, cfg.precision).mixed_precision,
+                              log_with=list(cfg.report_to) or None, project_dir=str(out_dir) if out_dir else None)
+    if cfg.report_to:
+        accelerator.init_trackers("tensorboard", config=_tracker_settings(cfg))
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     if fsdp and out_dir and cfg.checkpoint_every:
         raise GrowError("resumable checkpoints are not supported under FSDP (the optimiser state is sharded); "
@@ -286,8 +295,10 @@ def train(
         if out_dir and main:  # appended as it comes, so a killed run keeps its curve
             with (out_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(rec) + "\n")
+        if cfg.report_to:
+            accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
 
-    def checkpoint(folder: Path, step: int) -> None:
+    def checkpoint(folder: Path, step: int, resumable: bool = True) -> None:
         rngs = distributed.gather_objects(rng_state())  # every process's dropout stream, for an exact resume
         weights = accelerator.get_state_dict(model) if fsdp else None  # FSDP: gathered from the shards (collective)
         if main:
@@ -295,7 +306,7 @@ def train(
                      "rng": rngs[0], "flops": result.flops, "seconds": result.seconds, "config": asdict(cfg)}
             if world > 1:
                 state["rng_ranks"] = rngs
-            if fsdp:  # the optimiser state is sharded: the final model is written without a resumable state
+            if fsdp or not resumable:  # FSDP: the optimiser state is sharded; final: the model alone
                 state = None
             save_pretrained(accelerator.unwrap_model(model), folder, data.tokenizer, overwrite=True, state=state,
                             state_dict=weights)
@@ -308,10 +319,11 @@ def train(
     if state is not None:
         saved = state.get("rng_ranks") or [state["rng"]]
         set_rng_state(saved[rank] if rank < len(saved) else saved[0])
-    stream = data.train_batches(cfg.seed, start=done)
+    stream = data.train_batches(cfg.seed, start=done * cfg.grad_accum)
     first = next(stream)  # every train batch has this shape, so one count serves all steps
-    # counted for the global batch: the FLOPs and tokens of all processes together
-    step_flops, step_tokens = flops_per_batch(config, first), batch_tokens(config, first)
+    # counted for the global batch: the FLOPs and tokens of all processes and accumulated batches together
+    step_flops = flops_per_batch(config, first) * cfg.grad_accum
+    step_tokens = batch_tokens(config, first) * cfg.grad_accum
     if world > 1:
         distributed.check_same(digest_tensors(first), "the first training batch")
     stream = itertools.chain([first], stream)
@@ -319,57 +331,77 @@ def train(
                        initial=done, main=main)
     loss_sum, count, tokens = torch.zeros((), device=device), 0, 0
     start = time.perf_counter()
-    for step in range(done + 1, cfg.steps + 1):
-        if world == 1:
-            batch = {k: v.to(device) for k, v in next(stream).items()}
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-        else:  # this process's block; DDP averages the gradients, so world * weight makes them sum to the global one
-            part, weight, items = distributed.shard(next(stream), causal)
-            loss = distributed.weighted_loss(model(**{k: v.to(device) for k, v in part.items()}), weight, items)
-            accelerator.backward(loss * world)
-        if cfg.clip:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
-        count += 1
-        tokens += step_tokens
-        result.flops += step_flops
-        bar.update()
-        last = step == cfg.steps
-        evaluating = last or (cfg.eval_every and step % cfg.eval_every == 0)
-        saving = bool(out_dir) and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last
-        if step % cfg.log_every and not evaluating and not saving:  # a checkpoint closes a record
-            continue
-        distributed.all_reduce_sum(loss_sum)  # several processes: their weighted losses sum to the global mean
-        mean_loss = (loss_sum / count).item()  # the one device sync
-        elapsed = time.perf_counter() - start
-        result.seconds += elapsed
-        rec = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "flops": result.flops,
-               "seconds": result.seconds, "tokens_per_s": tokens / elapsed}
-        if not math.isfinite(mean_loss):
-            result.diverged_at = step
+    with contextlib.closing(bar):  # closed before an interrupt's message is printed, not redrawn after it
+        for step in range(done + 1, cfg.steps + 1):
+            for micro in range(cfg.grad_accum):  # gradients sync once per step, on its last batch
+                with accelerator.no_sync(model) if micro < cfg.grad_accum - 1 else contextlib.nullcontext():
+                    loss = _micro_step(model, next(stream), accelerator, causal, world, device, cfg.grad_accum)
+                loss_sum += loss.detach()
+            if cfg.clip:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            count += 1
+            tokens += step_tokens
+            result.flops += step_flops
+            bar.update()
+            last = step == cfg.steps
+            evaluating = last or (cfg.eval_every and step % cfg.eval_every == 0)
+            saving = bool(out_dir) and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or last)
+            if step % cfg.log_every and not evaluating and not saving:  # a checkpoint closes a record
+                continue
+            distributed.all_reduce_sum(loss_sum)  # several processes: their weighted losses sum to the global mean
+            mean_loss = (loss_sum / count).item()  # the one device sync
+            elapsed = time.perf_counter() - start
+            result.seconds += elapsed
+            rec = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "flops": result.flops,
+                   "seconds": result.seconds, "tokens_per_s": tokens / elapsed}
+            if not math.isfinite(mean_loss):
+                result.diverged_at = step
+                record(rec)
+                break
+            if (saving or last) and out_dir and not distributed.all_true(all_finite(model.parameters())):
+                result.diverged_at = step  # finite loss but the update broke the weights: keep the last checkpoint
+                record(rec)
+                break
+            if evaluating:
+                rec["eval_loss"] = result.eval_loss = evaluate(model, data.eval_batches, device, causal)
             record(rec)
-            break
-        if (saving or last) and out_dir and not distributed.all_true(all_finite(model.parameters())):
-            result.diverged_at = step  # finite loss but the update broke the weights: keep the last checkpoint
-            record(rec)
-            break
-        if evaluating:
-            rec["eval_loss"] = result.eval_loss = evaluate(model, data.eval_batches, device, causal)
-        record(rec)
-        bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-        if saving:
-            checkpoint(out_dir / f"checkpoint-{step}", step)
-            if main:
-                prune(out_dir, "checkpoint-", keep=cfg.keep_checkpoints)
-        loss_sum.zero_()
-        count, tokens = 0, 0
-        start = time.perf_counter()
-    bar.close()
+            bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            if saving:  # the last step's too, so a finished run can be extended
+                checkpoint(out_dir / f"checkpoint-{step}", step)
+                if main:
+                    prune(out_dir, "checkpoint-", keep=cfg.keep_checkpoints)
+            loss_sum.zero_()
+            count, tokens = 0, 0
+            start = time.perf_counter()
     if out_dir and result.diverged_at is None:
         result.final_dir = out_dir / "final"
-        checkpoint(result.final_dir, result.history[-1]["step"])
+        checkpoint(result.final_dir, result.history[-1]["step"], resumable=False)
+    if cfg.report_to:
+        accelerator.end_training()
     return result
+
+
+def _micro_step(model, batch: dict, accelerator: Accelerator, causal: bool, world: int, device,
+                accumulate: int) -> torch.Tensor:
+    """Forward and backward of one of a step's ``accumulate`` batches.
+
+    The loss returned (and differentiated) is this process's share of the step's
+    mean loss: the batch's mean loss divided by ``accumulate``.
+    """
+    if world == 1:
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+    else:  # this process's block; DDP averages the gradients, so world * weight makes them sum to the global one
+        part, weight, items = distributed.shard(batch, causal)
+        loss = distributed.weighted_loss(model(**{k: v.to(device) for k, v in part.items()}), weight, items)
+    if accumulate > 1:
+        loss = loss / accumulate
+    accelerator.backward(loss * world if world > 1 else loss)
+    return loss
+
+
+def _tracker_settings(cfg: TrainConfig) -> dict:
+    """The run's settings as the plain values trackers record (TensorBoard's hparams take no tuples or None)."""
+    return {k: str(v) if isinstance(v, (tuple, list)) or v is None else v for k, v in asdict(cfg).items()}

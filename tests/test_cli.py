@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 
@@ -144,3 +145,107 @@ def test_learned_grow_writes_the_model_and_its_tokenizer(base, tmp_path, capsys)
     torch.manual_seed(0)  # the model and its tokenizer train on (run a step) with `growkit train`
     assert main(["train", str(out), "--out", str(tmp_path / "t"), "--steps", "1", "--batch-size", "4",
                  "--seq-len", "16", "--data", str(base / "text.txt"), "--no-progress"]) == 0
+
+
+def test_help_and_methods_do_not_import_torch():
+    """The parser and `growkit methods` are built from torch-free modules, so the command line starts fast."""
+    code = ("import sys, runpy; sys.argv = ['growkit', '{}']\n"
+            "try:\n    runpy.run_module('growkit', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'accelerate', 'numpy') if m in sys.modules)\n"
+            "print('HEAVY', heavy)")
+    for argv in ("--help", "methods"):
+        proc = subprocess.run([sys.executable, "-c", code.format(argv)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == "HEAVY []", (argv, proc.stdout[-300:])
+    proc = subprocess.run([sys.executable, "-c", code.replace("'{}'", "'grow', '--help'")], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+def test_methods_lists_every_registered_method_from_the_catalog(capsys):
+    from growkit.core.catalog import CATALOG, DEPTH_OPS
+    from growkit.ops import METHODS, methods
+    from growkit.ops.depth import DEPTH_MAPS
+
+    assert main(["methods"]) == 0
+    assert methods() == {name: info.summary for name, info in CATALOG.items()}
+    assert all(METHODS[name].learned == info.learned for name, info in CATALOG.items())
+    assert tuple(DEPTH_MAPS) == DEPTH_OPS
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[:len(CATALOG)]]
+    assert listed == list(CATALOG)
+
+
+def test_train_final_holds_only_the_model_and_files_are_0644(base, tmp_path, monkeypatch, capsys):
+    import os
+    import stat
+
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        assert main(["train", str(base / "small"), "--out", "run", "--steps", "4", "--batch-size", "4", "--seq-len", "16",
+                     "--data", str(base / "text.txt"), "--no-progress"]) == 0
+    finally:
+        os.umask(old)
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("trained GPT2LMHeadModel for 4 steps of 4 examples on cpu:")
+    final = tmp_path / "run" / "final"
+    assert sorted(p.name for p in final.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
+                                                       "tokenizer.json", "tokenizer_config.json"]
+    assert "local_files_only" not in (final / "tokenizer_config.json").read_text()
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file() and p.name != ".lock"]
+    assert written and {oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {"0o644"}
+    # the default checkpoint interval is a tenth of --steps, and the last step's state is kept for an extension
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-4"]
+
+
+def test_an_interrupt_says_how_to_resume_and_from_which_step(base, tmp_path, monkeypatch, capsys):
+    import growkit.train as train_module
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", str(base / "small"), "--out", "run", "--steps", "6", "--checkpoint-every", "2", "--batch-size", "4",
+            "--seq-len", "16", "--data", str(base / "text.txt"), "--no-progress"]
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "evaluate", interrupt)  # before the first step: nothing to resume yet
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "growkit train: interrupted; no checkpoint was written yet (see --checkpoint-every), so rerunning the same "
+        "command starts over")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_module, "prune", interrupt)  # right after checkpoint-2 is written
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "growkit train: interrupted; rerun the same command to resume from step 2 (checkpoint in run/checkpoint-2)")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 0
+    assert "resuming from step 2" in capsys.readouterr().err
+
+
+def test_a_finished_constant_schedule_run_is_extended_exactly(base, tmp_path, monkeypatch, capsys):
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(tmp_path)
+    common = ["--schedule", "constant", "--eval-every", "3", "--checkpoint-every", "3", "--batch-size", "4",
+              "--seq-len", "16", "--data", str(base / "text.txt"), "--no-progress"]
+    assert main(["train", str(base / "small"), "--out", "long", "--steps", "6", *common]) == 0
+    assert main(["train", str(base / "small"), "--out", "short", "--steps", "3", *common]) == 0
+    capsys.readouterr()
+    assert main(["train", str(base / "small"), "--out", "short", "--steps", "6", *common]) == 0
+    assert "extending the run from step 3 to 6" in capsys.readouterr().err
+    a, b = load_file("long/final/model.safetensors"), load_file("short/final/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    wall = ("seconds", "tokens_per_s")
+    metrics = [[{k: v for k, v in json.loads(line).items() if k not in wall} for line in open(f"{run}/metrics.jsonl")]
+               for run in ("long", "short")]
+    assert metrics[0] == metrics[1]
+    # a decaying schedule depends on the run's length: extending it is refused with that reason, nothing changes
+    cosine = [c if c != "constant" else "cosine" for c in common]
+    assert main(["train", str(base / "small"), "--out", "cos", "--steps", "3", *cosine]) == 0
+    before = sorted(p.name for p in (tmp_path / "cos").iterdir())
+    assert main(["train", str(base / "small"), "--out", "cos", "--steps", "6", *cosine]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cosine learning-rate schedule depends on that length" in err and "--schedule constant" in err
+    assert sorted(p.name for p in (tmp_path / "cos").iterdir()) == before

@@ -196,7 +196,7 @@ def test_two_processes_match_one(tmp_path, capsys):
     grow = ["grow", "small", "{out}", "--method", "ligo", "--layers", "3", "--hidden", "48", "--steps", "3",
             "--checkpoint-every", "2", *data]
     train = ["train", "grown1", "--out", "{out}", "--steps", "4", "--eval-every", "2", "--checkpoint-every", "2",
-             "--no-progress", *data]
+             "--keep-checkpoints", "0", "--no-progress", *data]
 
     def argv(template: list[str], out: str) -> list[str]:
         return [a.replace("{out}", out) for a in template]
@@ -223,12 +223,14 @@ def test_two_processes_match_one(tmp_path, capsys):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
     names = sorted(p.name for p in (tmp_path / "trained2").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "trained1").iterdir()) == ["checkpoint-2", "final", "metrics.jsonl", "run.json"]
+    assert names == sorted(p.name for p in (tmp_path / "trained1").iterdir()) == [
+        "checkpoint-2", "checkpoint-4", "final", "metrics.jsonl", "run.json"]
     assert json.loads((tmp_path / "trained2" / "run.json").read_text()) == json.loads((tmp_path / "trained1" / "run.json").read_text())
     assert "saved to" in out
 
     # a 2-process run killed after its checkpoint resumes under 2 processes to the same end
     shutil.rmtree(tmp_path / "trained2" / "final")
+    shutil.rmtree(tmp_path / "trained2" / "checkpoint-4")
     _torchrun(argv(train, "trained2"), tmp_path)
     _assert_close_weights(tmp_path / "trained1" / "final", tmp_path / "trained2" / "final")
     assert [r["step"] for r in _metrics(tmp_path / "trained2")] == [0, 1, 2, 3, 4]

@@ -195,6 +195,8 @@ def test_unknown_method_and_operator_are_refused():
     src = _source("gpt2")
     with pytest.raises(GrowError, match="unknown method"):
         growkit.grow(src, DOUBLE, method="magic")
+    with pytest.raises(GrowError, match="unknown method 'exakt'; did you mean 'exact'"):
+        growkit.grow(src, DOUBLE, method="exakt")
     with pytest.raises(GrowError, match="unknown width operator"):
         growkit.grow(src, DOUBLE, method="exact", width="magic")
 
@@ -203,3 +205,21 @@ def test_methods_lists_every_method():
     listed = growkit.methods()
     for name in ("stackbert", "interpolate", "net2net", "bert2bert", "exact"):
         assert name in listed and listed[name]
+
+
+def test_method_names_are_matched_without_regard_to_case():
+    src = _source("gpt2")
+    upper = growkit.grow(src, DOUBLE, method="EXACT", seed=1).state_dict()
+    lower = growkit.grow(src, DOUBLE, method="exact", seed=1).state_dict()
+    assert all(torch.equal(upper[k], lower[k]) for k in lower)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"data": [{}]}, r"data= does not apply to exact \(a fixed method\); exact takes noise=, width=, depth="),
+    ({"steps": 50}, r"steps= does not apply to exact"),
+    ({"rank": 2}, r"rank= does not apply to stackbert"),
+])
+def test_arguments_a_fixed_method_would_ignore_are_refused(kwargs, message):
+    method = "stackbert" if "rank" in kwargs else "exact"
+    with pytest.raises(GrowError, match=message):
+        growkit.grow(_source("gpt2"), DOUBLE, method=method, **kwargs)

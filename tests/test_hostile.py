@@ -157,7 +157,20 @@ CASES = [
     ("tokenizer-too-big-train", big_tokenizer, [*TRAIN, *TEXT], r"tokenizer has 300 tokens"),
     ("corrupt-tokenizer", corrupt_tokenizer, [*TRAIN, *TEXT], r"cannot load the tokenizer in src"),
     ("unknown-method", good, [*GROW, "--method", "magic"], r"unknown method 'magic'"),
-    ("learned-with-width", good, [*LIGO, *TEXT, "--width", "aki"], r"--width and --depth apply to fixed methods"),
+    ("learned-with-width", good, [*LIGO, *TEXT, "--width", "aki"], r"--width does not apply to ligo \(a learned method\)"),
+    ("fixed-with-steps", good, [*GROW, "--steps", "50"],
+     r"--steps does not apply to exact \(a fixed method\); exact takes --noise, --width, --depth$"),
+    ("fixed-with-device", good, [*GROW, "--method", "net2net", "--device", "cpu"], r"--device does not apply to net2net"),
+    ("ligo-with-rank", good, [*LIGO, *TEXT, "--rank", "4"], r"--rank does not apply to ligo \(a learned method\)"),
+    ("method-typo", good, [*GROW, "--method", "mangoo"], r"unknown method 'mangoo'; did you mean 'mango'\?"),
+    ("hidden-not-head-multiple", good, [*GROW[:3], "--hidden", "100"],
+     r"--hidden 100 is not a multiple of the source's head_dim 8: .* such as 96 or 104$"),
+    ("exact-head-counts", good, [*GROW[:3], "--hidden", "48"],
+     r"hidden size 32 -> 48 \(x1\.5\); FFN size 128 -> 192 \(x1\.5\); attention heads \(head counts\) 4 -> 6 "
+     r"\(x1\.5\) are not; .* or use net2net or bert2bert"),
+    ("hub-id", good, ["grow", "openai-community/gpt2", "out", "--hidden", "64"],
+     r"does not exist; growkit reads local folders only .*`hf download openai-community/gpt2 --local-dir gpt2`"),
+    ("bf16-on-cpu", good, [*TRAIN, *TEXT, "--device", "cpu", "--precision", "bf16"], r"bf16 needs a CUDA GPU"),
 ]
 
 
@@ -242,3 +255,37 @@ def test_no_remote_code_and_no_pickles_in_the_package():
         assert "import pickle" not in text, path
         for line in text.splitlines():
             assert "torch.load(" not in line or "weights_only=True" in line, (path, line)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder``: its mode and bytes (the source must stay byte-for-byte as it was)."""
+    return {str(p.relative_to(folder)): (p.stat().st_mode, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["grow", "src", "src", "--hidden", "64", "--overwrite"], r"OUT_DIR src is the source folder src;"),
+    (["grow", "src", "src/big", "--hidden", "64"], r"OUT_DIR src/big lies inside the source folder src;"),
+    (["grow", "src", "src/big", "--hidden", "64", "--method", "ligo", "--overwrite", "--dry-run"], r"lies inside"),
+    (["grow", "work/src", "work", "--hidden", "64", "--overwrite"], r"OUT_DIR work contains the source folder work/src;"),
+    (["grow", "src", "link", "--hidden", "64", "--overwrite"], r"OUT_DIR link is the source folder src \(both resolve to "),
+    (["grow", "src", "link/big", "--hidden", "64"], r"OUT_DIR link/big lies inside the source folder src;"),
+    (["grow", "out.partial", "out", "--hidden", "64", "--method", "ligo"],
+     r"the fit's checkpoint folder out\.partial is the source folder out\.partial;"),
+    (["train", "src", "--out", "src"], r"--out src is the source folder src;"),
+    (["train", "src", "--out", "src/run"], r"--out src/run lies inside the source folder src;"),
+    (["train", "work/src", "--out", "work"], r"--out work contains the source folder work/src;"),
+    (["train", "link", "--out", "src/run", "--dry-run"], r"--out src/run lies inside the source folder link;"),
+])
+def test_the_source_folder_is_never_written(argv, message, base, tmp_path, monkeypatch, capsys):
+    """Output == source, inside it or around it (symlinks resolved), whatever the flags: one line, exit 1, source intact."""
+    for name in ("src", "work/src", "out.partial"):
+        shutil.copytree(base / "small", tmp_path / name)
+    (tmp_path / "link").symlink_to(tmp_path / "src", target_is_directory=True)
+    before = {name: _snapshot(tmp_path / name) for name in ("src", "work", "out.partial")}
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), lines
+    assert "growkit never writes over the model it reads" in lines[0]
+    assert {name: _snapshot(tmp_path / name) for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "out.partial", "src", "work"]

@@ -93,10 +93,10 @@ def test_train_killed_and_rerun_equals_an_uninterrupted_run(work, capsys, monkey
     _assert_same_weights(work / "ref" / "final", work / "run" / "final")
     assert _metrics(work / "ref") == _metrics(work / "run"), f"GROWKIT_KILL_SEED={seed}"
     # the resumable state itself is a safetensors file with JSON metadata (no pickle), and complete
-    assert sorted(p.name for p in (work / "run").iterdir()) == ["checkpoint-75", "final", "metrics.jsonl", "run.json"]
+    assert sorted(p.name for p in (work / "run").iterdir()) == ["checkpoint-80", "final", "metrics.jsonl", "run.json"]
     # a finished run is not rerun, and a different command does not touch it
     assert main([*args, "--out", "run"]) == 1
-    assert "holds a finished run" in capsys.readouterr().err
+    assert "holds a finished 80-step run" in capsys.readouterr().err
 
 
 def test_ligo_grow_killed_and_rerun_equals_an_uninterrupted_run(work, capsys, monkeypatch):

@@ -63,12 +63,13 @@ def test_checkpoints_reload_with_the_same_logits(data, tmp_path):
     model = gpt2()
     result = train(model, data, TrainConfig(steps=6, eval_every=3, checkpoint_every=3, **FAST), tmp_path / "run")
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-3", "final", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-3", "checkpoint-6", "final", "metrics.jsonl"]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines == result.history
     final = result.final_dir
     assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
-    assert (final / STATE_FILE).is_file()  # optimiser, scheduler, RNG and step, for resuming
+    assert not (final / STATE_FILE).exists()  # the model alone; the resumable state is in checkpoint-6
+    assert (run / "checkpoint-6" / STATE_FILE).is_file()  # optimiser, scheduler, RNG and step, for extending
     model.eval()
     ids = data.eval_batches[0]["input_ids"]
     with torch.no_grad():
@@ -77,6 +78,41 @@ def test_checkpoints_reload_with_the_same_logits(data, tmp_path):
         assert torch.equal(load_pretrained(final)(ids).logits, expected)
     with pytest.raises(GrowError, match="not empty"):
         train(gpt2(), data, TrainConfig(steps=1, **FAST), run)
+
+
+def test_grad_accum_steps_on_the_global_batch_and_counts_its_flops(data, tmp_path):
+    """Two accumulated batches of 4 make the step one batch of 8 makes (the same rows, within fp32 rounding)."""
+    halves = build_task_data("gpt2", text=embedded_text(120_000), tokenizer=data.tokenizer, seq_len=SEQ, batch_size=4,
+                             eval_batches=2)
+    cfg = dict(steps=3, eval_every=0, clip=0.0, **FAST)
+    whole, accumulated = gpt2(), gpt2()
+    one = train(whole, data, TrainConfig(**cfg))
+    two = train(accumulated, halves, TrainConfig(grad_accum=2, **cfg))
+    assert two.flops == one.flops == 3 * flops_per_batch(whole.config, next(data.train_batches()))
+    for a, b in zip(whole.parameters(), accumulated.parameters()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert [r["loss"] for r in two.history] == pytest.approx([r["loss"] for r in one.history], rel=1e-4)
+    with pytest.raises(GrowError, match="grad_accum must be at least 1"):
+        TrainConfig(grad_accum=0).check()
+
+
+def test_tensorboard_is_refused_clearly_when_it_is_not_installed(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(GrowError, match="needs the tensorboard package, which is not installed: pip install tensorboard"):
+        TrainConfig(report_to=("tensorboard",)).check()
+
+
+def test_tensorboard_receives_the_metrics(data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(gpt2(), data, TrainConfig(steps=3, eval_every=0, report_to=("tensorboard",), **FAST), tmp_path / "run")
+    logs = tmp_path / "run" / "tensorboard"
+    events = EventAccumulator(str(logs)).Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
 
 
 def test_lr_schedule():
@@ -148,5 +184,7 @@ def test_train_command(tmp_path, capsys):
     save_pretrained(tiny_model("gpt2", head=False), tmp_path / "headless")
     with pytest.raises(GrowError, match="no head"):
         _cli(str(tmp_path / "headless"), "--out", str(tmp_path / "c"), *common)
-    with pytest.raises(GrowError, match="not empty"):
+    with pytest.raises(GrowError, match="contains the source folder"):
         _cli(str(final), "--out", str(tmp_path / "a"), *common)
+    with pytest.raises(GrowError, match="holds a finished 3-step run; choose a new folder, or pass a --steps larger"):
+        _cli(str(final), "--out", str(tmp_path / "b"), *common)

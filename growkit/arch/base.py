@@ -204,11 +204,18 @@ class Adapter:
         return model
 
     # --- target sizes -------------------------------------------------------
-    def target_config(self, config: PretrainedConfig, sizes: dict[str, int]) -> PretrainedConfig:
+    def target_config(self, config: PretrainedConfig, sizes: dict[str, int],
+                      flags: dict[str, str] | None = None) -> PretrainedConfig:
         """A copy of ``config`` at the requested sizes, with the defaults the field expects.
 
         Unset sizes keep head_dim, the FFN ratio and the query/kv group size.
+        ``flags`` names each size as the user typed it (the command line's
+        ``--hidden``), so a refusal speaks the user's words; the default is the
+        config field (``hidden_size=``).
         """
+        def said(key: str, value: int) -> str:
+            return f"{flags[key]} {value}" if flags and key in flags else f"{key}={value}"
+
         unknown = sorted(set(sizes) - set(SIZE_KEYS))
         if unknown:
             raise GrowError(f"unknown size {unknown[0]!r}; use one of {', '.join(SIZE_KEYS)}")
@@ -221,20 +228,25 @@ class Adapter:
             heads = sizes["num_attention_heads"]
         else:
             if hidden % src.head_dim:
+                below, above = hidden - hidden % src.head_dim, hidden - hidden % src.head_dim + src.head_dim
+                choices = f"{below} or {above}" if below >= src.hidden else f"{above}"
                 raise GrowError(
-                    f"hidden_size={hidden} is not a multiple of head_dim={src.head_dim}; "
-                    "choose a multiple or set num_attention_heads"
+                    f"{said('hidden_size', hidden)} is not a multiple of the source's head_dim {src.head_dim}: growth "
+                    f"adds whole attention heads and keeps head_dim; choose a multiple of {src.head_dim}, such as {choices}"
                 )
             heads = hidden // src.head_dim
         if self.head_dim_from_hidden and hidden % heads:
-            raise GrowError(f"num_attention_heads={heads} does not divide hidden_size={hidden}")
+            raise GrowError(f"{said('num_attention_heads', heads)} does not divide {said('hidden_size', hidden)} "
+                            "(the number of attention heads must divide the hidden size)")
         head_dim = hidden // heads if self.head_dim_from_hidden else src.head_dim
         group = src.heads // src.kv_heads
         kv_heads = sizes.get("num_key_value_heads", heads // group if heads % group == 0 else src.kv_heads)
         if heads % kv_heads:
-            raise GrowError(f"num_key_value_heads={kv_heads} does not divide num_attention_heads={heads}")
+            raise GrowError(f"{said('num_key_value_heads', kv_heads)} does not divide {said('num_attention_heads', heads)} "
+                            "(head counts: the key/value heads must divide the attention heads)")
         if kv_heads != heads and not self.supports_gqa:
-            raise GrowError(f"{self.family} has no grouped-query attention; num_key_value_heads must equal num_attention_heads")
+            raise GrowError(f"{self.family} has no grouped-query attention; "
+                            f"{said('num_key_value_heads', kv_heads)} must equal the {heads} attention heads")
         ffn = sizes.get("intermediate_size", src.ffn * hidden // src.hidden)
         target = Dims(hidden, ffn, heads, kv_heads, head_dim, sizes.get("num_hidden_layers", src.layers))
         src.check_growth_to(target)

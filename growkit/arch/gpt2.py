@@ -29,8 +29,8 @@ class GPT2Adapter(Adapter):
         Entry("lm_head", "lm_head.weight", "linear", head=True),
     )
 
-    def target_config(self, config: GPT2Config, sizes: dict[str, int]) -> GPT2Config:
-        target = super().target_config(config, sizes)
+    def target_config(self, config: GPT2Config, sizes: dict[str, int], flags: dict[str, str] | None = None) -> GPT2Config:
+        target = super().target_config(config, sizes, flags)
         if config.scale_attn_by_inverse_layer_idx and target.n_layer != config.n_layer:
             warnings.warn(
                 "scale_attn_by_inverse_layer_idx=True scales layer l's attention scores by 1/(l+1), so a layer "

@@ -4,7 +4,11 @@ Exit codes: 0 ok, 1 failure (a clear one-line error), 2 usage (argparse), 130
 interrupted. Expected errors (:class:`GrowError`, and the environment's: a file
 that cannot be read or written, memory running out) print as one line without a
 traceback; ``--debug`` (before or after the command) or ``GROWKIT_DEBUG=1``
-shows one.
+shows one. An interrupted command says how to resume it (``on_interrupt``).
+
+Command modules import torch and transformers only inside the functions that
+run a command, so building the parser (``--help``, ``growkit methods``) takes a
+fraction of a second.
 """
 from __future__ import annotations
 
@@ -61,10 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = getattr(args, "debug", False) or bool(os.environ.get("GROWKIT_DEBUG"))
-    if not debug:  # transformers' advisory warnings would bury growkit's one-line messages
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
+    if not debug:
+        _quiet_transformers()
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread: leave signals alone
@@ -77,12 +79,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"growkit {args.command}: error: {_message(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"growkit {args.command}: interrupted", file=sys.stderr)
+        hint = getattr(args, "on_interrupt", None)
+        print(f"growkit {args.command}: interrupted{hint(args) if hint else ''}", file=sys.stderr)
         return 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
+
+
+def _quiet_transformers() -> None:
+    """Hide transformers' advisory warnings, which would bury growkit's one-line messages, without importing it."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    else:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _message(err: BaseException) -> str:

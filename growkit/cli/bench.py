@@ -5,7 +5,6 @@ import argparse
 import time
 from pathlib import Path
 
-from ..bench.variants import parse_value
 from ..core.errors import GrowError
 
 DEFAULT_METHODS = "scratch,stackbert,interpolate,net2net,bert2bert,exact,ligo,mango"
@@ -86,6 +85,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_options(items: list[str]) -> dict[str, dict]:
+    from ..bench.variants import parse_value  # imported here: growkit.bench loads torch, and --help must not wait
+
     options: dict[str, dict] = {}
     for item in items:
         method, sep, rest = item.partition(":")

@@ -7,32 +7,27 @@ import sys
 import warnings
 from pathlib import Path
 
-from .. import distributed
-from ..api import grow
-from ..arch import adapter_for
-from ..checkpoint import LOCK_FILE, check_same_run, digest_model_folder, remove, run_lock, write_run
+from ..core.catalog import CATALOG, DEPTH_OPS, WIDTH_OPS, method_name, refuse_unused
 from ..core.errors import GrowError
-from ..device import DEVICES, resolve_device
-from ..estimate import check_memory, fit_estimate, fixed_estimate
-from ..fit import FitConfig, FitWarning, latest_fit_checkpoint
-from ..io import load_config
-from ..ops import DEPTH_OPS, WIDTH_OPS, get_method
+from ..settings import FitConfig
 from .common import (
     add_checkpoint_option,
     add_data_options,
+    add_device_option,
+    check_apart,
     check_batch_size,
     check_output_dir,
+    checkpoint_interval,
     data_digest,
     default_seq_len,
     describe,
     load_model,
     print_estimate,
+    resolved_device,
+    resume_hint,
     save_model,
     task_data,
 )
-
-#: default fit checkpoint interval (a fit is ~100 steps)
-CHECKPOINT_EVERY = 20
 
 SIZE_FLAGS = {
     "hidden": "hidden_size",
@@ -41,6 +36,11 @@ SIZE_FLAGS = {
     "kv_heads": "num_key_value_heads",
     "ffn": "intermediate_size",
 }
+#: the options only a fixed method uses, and those only a learned method's fit uses (besides its own ``options``)
+FIXED_OPTIONS = ("width", "depth")
+FIT_OPTIONS = ("steps", "lr", "checkpoint_every", "device", "data", "batch_size", "seq_len")
+#: what a learned method's fit uses when the options are not given
+FIT_DEFAULTS = {"steps": FitConfig.steps, "lr": FitConfig.lr, "device": "auto", "batch_size": 16}
 
 
 def add_parser(sub) -> None:
@@ -63,32 +63,32 @@ def add_parser(sub) -> None:
     )
     p.add_argument("src", metavar="SRC_DIR", help="source model folder (save_pretrained, safetensors)")
     p.add_argument("out", metavar="OUT_DIR", help="where to write the grown model (must be absent or empty)")
-    p.add_argument("--method", default="exact", help="growth method (see `growkit methods`; default: exact)")
+    p.add_argument("--method", default="exact",
+                   help=f"growth method, any case: {', '.join(CATALOG)} (see `growkit methods`; default: exact)")
     sizes = p.add_argument_group("target sizes (at least one)")
     sizes.add_argument("--hidden", type=int, help="hidden size")
     sizes.add_argument("--layers", type=int, help="number of layers")
-    sizes.add_argument("--heads", type=int, help="attention heads (default: hidden / head_dim)")
-    sizes.add_argument("--kv-heads", type=int, help="key/value heads for GQA (default: keep the group size)")
+    sizes.add_argument("--heads", type=int, help="number of attention heads (default: hidden / head_dim)")
+    sizes.add_argument("--kv-heads", type=int, help="number of key/value heads for GQA (default: keep the group size)")
     sizes.add_argument("--ffn", type=int, help="FFN inner size (default: keep the FFN ratio)")
-    fixed = p.add_argument_group("fixed methods")
+    fixed = p.add_argument_group("fixed methods (a learned method refuses these)")
     fixed.add_argument("--width", choices=list(WIDTH_OPS), help="override the method's width operator")
     fixed.add_argument("--depth", choices=list(DEPTH_OPS), help="override the method's depth operator")
-    fixed.add_argument("--noise", type=float, help="symmetry-breaking noise, relative to each matrix's std")
-    learned = p.add_argument_group("learned methods (ligo, mango)")
-    learned.add_argument("--steps", type=int, default=100, help="fit steps (default: 100)")
-    learned.add_argument("--lr", type=float, default=FitConfig.lr, help=f"the operator's learning rate (default: {FitConfig.lr})")
-    learned.add_argument("--rank", type=int, help="Mango tensor-ring rank (default: 1)")
+    p.add_argument("--noise", type=float, help="symmetry-breaking noise, relative to each matrix's std (every method)")
+    learned = p.add_argument_group("learned methods (ligo, mango; a fixed method refuses these)")
+    learned.add_argument("--steps", type=int, help=f"fit steps (default: {FIT_DEFAULTS['steps']})")
+    learned.add_argument("--lr", type=float, help=f"the operator's learning rate (default: {FIT_DEFAULTS['lr']})")
+    learned.add_argument("--rank", type=int, help="Mango tensor-ring rank (mango only; default: 1)")
     learned.add_argument("--init", help="start from this operator (e.g. stackbert, net2net, bert2bert)")
-    learned.add_argument("--device", choices=DEVICES, default="cpu",
-                         help="where the fit runs: cpu (fp32); cuda (target forward in bf16 autocast, the operator "
-                         "in fp32); auto: cuda when there is a GPU (default cpu)")
-    add_checkpoint_option(learned, CHECKPOINT_EVERY, "fit (into OUT_DIR.partial/, removed once OUT_DIR is written)")
+    add_device_option(learned, "the fit (the operator always computes in fp32)")
+    add_checkpoint_option(learned, "fit (into OUT_DIR.partial/, removed once OUT_DIR is written)")
     add_data_options(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--dry-run", action="store_true",
                    help="print sizes, parameters (target and operator), a peak memory estimate and FLOPs; write nothing")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists and is not empty")
-    p.set_defaults(func=run)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT_DIR if it exists and is not empty (never the source folder, nor one inside or around it)")
+    p.set_defaults(func=run, on_interrupt=on_interrupt)
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -101,24 +101,64 @@ def partial_dir(out: Path) -> Path:
     return out.parent / f"{out.name}.partial"
 
 
+def on_interrupt(args: argparse.Namespace) -> str:
+    """The interrupt message's tail: where a learned method's fit resumes, or that nothing was written."""
+    try:
+        learned = CATALOG[method_name(args.method)].learned
+    except GrowError:
+        learned = False
+    if not learned:
+        return f"; nothing was written to {args.out}"
+    from ..fit import latest_fit_checkpoint
+
+    partial = partial_dir(Path(args.out))
+    found = latest_fit_checkpoint(partial) if partial.is_dir() else None
+    return resume_hint(partial, found[0] if found else None)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse, by the flag the user typed, every option the chosen method would ignore; then fill in the defaults."""
+    method = CATALOG[args.method]
+    accepted = [*method.options, *(FIT_OPTIONS if method.learned else FIXED_OPTIONS)]
+    given = [name for name in (*FIXED_OPTIONS, *FIT_OPTIONS, "rank", "init", "noise") if getattr(args, name) is not None]
+    refuse_unused(args.method, given, accepted, spell=lambda name: "--" + name.replace("_", "-"))
+    if method.learned:
+        for name, value in FIT_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+        args.checkpoint_every = checkpoint_interval(args.checkpoint_every, args.steps)
+        if args.steps < 0 or not args.lr > 0:
+            raise GrowError("--steps must not be negative and --lr must be positive")
+        check_batch_size(args.batch_size)
+
+
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+    from ..api import grow
+    from ..arch import adapter_for
+    from ..checkpoint import LOCK_FILE, check_same_run, digest_model_folder, remove, run_lock, write_run
+    from ..device import resolve_device
+    from ..estimate import check_memory, fit_estimate, fixed_estimate
+    from ..fit import FitWarning, latest_fit_checkpoint
+    from ..io import load_config
+    from ..ops import get_method
+
+    src, out = Path(args.src), Path(args.out)
+    check_apart(src, out, "OUT_DIR")
     sizes = {key: getattr(args, flag) for flag, key in SIZE_FLAGS.items() if getattr(args, flag) is not None}
     if not sizes:
         raise GrowError("give at least one target size: --hidden, --layers, --heads, --kv-heads or --ffn")
-    method = get_method(args.method)
+    args.method = method_name(args.method)
+    method = CATALOG[args.method]
+    if method.learned:  # the fit checkpoints beside OUT_DIR and removes that folder at the end
+        check_apart(src, partial_dir(out), "the fit's checkpoint folder")
+    check_options(args)
     options = _options(args)
-    if method.learned:
-        if args.width or args.depth:
-            raise GrowError(f"{args.method} learns its own width and depth maps; --width and --depth apply to fixed methods")
-        if args.steps < 0 or args.checkpoint_every < 0 or not args.lr > 0:
-            raise GrowError("--steps and --checkpoint-every must not be negative and --lr must be positive")
-        check_batch_size(args.batch_size)
-    src, out = Path(args.src), Path(args.out)
     partial = partial_dir(out)
-    device = getattr(args, "device", "cpu")
+    device = args.device if method.learned else "cpu"
     if not args.dry_run:
         # under torchrun / accelerate launch every process joins; a learned method's fit is split over them
-        distributed.setup(resolve_device(device) if method.learned else "cpu")
+        distributed.setup(resolve_device(device))
         if method.learned:
             distributed.check_batch(args.batch_size)
         if method.learned and partial.is_dir() and (out / "config.json").is_file() and not args.overwrite:
@@ -130,10 +170,10 @@ def run(args: argparse.Namespace) -> int:
     # Everything up to the estimate reads configs only: no weights are loaded or allocated yet.
     src_config = load_config(src)
     adapter = adapter_for(src_config)
-    config = adapter.target_config(src_config, sizes)
+    config = adapter.target_config(src_config, sizes, flags={key: f"--{flag.replace('_', '-')}" for flag, key in SIZE_FLAGS.items()})
     seq_len = default_seq_len(src_config, args.seq_len)
     if method.learned:
-        est = fit_estimate(method, src_config, config, seed=args.seed, options=options,
+        est = fit_estimate(get_method(args.method), src_config, config, seed=args.seed, options=options,
                            batch_size=args.batch_size, seq_len=seq_len, steps=args.steps)
     else:
         est = fixed_estimate(src_config, config, seq_len)
@@ -142,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         print(describe("target", config))
         print_estimate(est)
         return 0
-    check_memory(est, device if method.learned else "cpu")
+    check_memory(est, device)
     model, tokenizer = load_model(src)
     main = distributed.is_main()
     if not method.learned:  # nothing to split: rank 0 grows and writes, the others wait for it
@@ -150,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
             grown = grow(model, config, args.method, seed=args.seed, width=args.width, depth=args.depth, **options)
             save_model(grown, out, src=src, tokenizer=tokenizer, overwrite=args.overwrite)
             print(describe("grown", grown.config))
-            print(f"saved to {out}")
+            print(f"saved to {out} (grown on cpu)")
 
         distributed.barrier()
         distributed.on_main(grow_fixed)
@@ -198,5 +238,5 @@ def run(args: argparse.Namespace) -> int:
     remove(partial)  # renamed away first: a kill now leaves no half-deleted checkpoint folder
     print(describe("grown", grown.config))
     print(f"fit {len(result.losses)} steps: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses else "fit 0 steps")
-    print(f"saved to {out}")
+    print(f"saved to {out} (fit on {resolved_device(device)})")
     return 0

@@ -4,10 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..arch import adapter_for
-from ..estimate import parameter_count
-from ..io import load_config
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -23,7 +19,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..arch import adapter_for
+    from ..estimate import parameter_count
     from ..flops import train_flops_per_token
+    from ..io import load_config
 
     config = load_config(Path(args.dir))
     d = adapter_for(config).dims(config)

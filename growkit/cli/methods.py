@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..ops import DEPTH_OPS, WIDTH_OPS, get_method, methods
+from ..core.catalog import CATALOG, DEPTH_OPS, WIDTH_OPS
 
 
 def add_parser(sub) -> None:
@@ -17,9 +17,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for name, summary in methods().items():
-        method = get_method(name)
+    for name, method in CATALOG.items():
         kind = "learned" if method.learned else f"width={method.width}, depth={method.depth}"
-        print(f"{name:<12} {summary}  [{kind}]")
+        print(f"{name:<12} {method.summary}  [{kind}]")
     print(f"\nwidth operators: {', '.join(WIDTH_OPS)}    depth operators: {', '.join(DEPTH_OPS)}")
     return 0

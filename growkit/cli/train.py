@@ -3,22 +3,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import distributed
-from ..checkpoint import check_same_run, digest_model_folder, read_run, run_lock, write_run
+from ..core.catalog import PRECISIONS, REPORTERS
 from ..core.errors import GrowError
-from ..data import build_task_data, load_tokenizer
-from ..device import DEVICES, resolve_device
-from ..estimate import check_memory, train_estimate
-from ..io import load_config, load_pretrained, model_class
-from ..train import SCHEDULES, TrainConfig, latest_checkpoint, train
-from .common import add_checkpoint_option, check_batch_size, data_digest, default_seq_len, describe, print_estimate
-
-#: default checkpoint interval of ``growkit train``
-CHECKPOINT_EVERY = 50
+from ..settings import SCHEDULES, TrainConfig
+from .common import (
+    add_checkpoint_option,
+    add_device_option,
+    check_apart,
+    check_batch_size,
+    checkpoint_interval,
+    data_digest,
+    default_seq_len,
+    describe,
+    print_estimate,
+    resolved_device,
+    resume_hint,
+)
 
 HEADLESS = ("GPT2Model", "BertModel", "ViTModel", "LlamaModel")
 
@@ -32,15 +37,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Train the model saved in MODEL_DIR (a save_pretrained folder with model.safetensors).\n"
             "Text models use the folder's tokenizer.json, or a byte-level BPE trained on the data.\n"
             "Without --data, text models train on the built-in corpus and ViT on the digits.\n"
-            "OUT gets run.json, metrics.jsonl, checkpoint-<step> folders (the newest --keep-checkpoints) and\n"
-            "the final model in OUT/final. Rerunning the same command after a kill resumes from the newest\n"
-            "checkpoint and ends with the same weights and metrics as an uninterrupted run."
+            "OUT gets run.json, metrics.jsonl, checkpoint-<step> folders (the newest --keep-checkpoints; each a\n"
+            "model plus its training_state.safetensors) and the final model in OUT/final (only what save_pretrained\n"
+            "and the tokenizer write). Rerunning the same command after a kill resumes from the newest\n"
+            "checkpoint and ends with the same weights and metrics as an uninterrupted run. A finished run with\n"
+            "--schedule constant is extended by rerunning it with a larger --steps."
         ),
         epilog=(
             "examples:\n"
             "  growkit train runs/grown --steps 200 --out runs/trained\n"
             "  growkit train runs/grown --steps 2000 --checkpoint-every 100 --out runs/long   # rerun it to resume\n"
             "  growkit train runs/grown --steps 200 --batch-size 32 --out runs/x --dry-run\n"
+            "  growkit train runs/grown --steps 500 --grad-accum 4 --threads 2 --report-to tensorboard --out runs/y\n"
             "  torchrun --nproc_per_node 2 -m growkit train runs/grown --steps 200 --out runs/ddp   # 2 processes\n"
             "  accelerate launch --num_processes 2 -m growkit train runs/grown --device cuda --out runs/gpu"
         ),
@@ -59,58 +67,104 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
     p.add_argument("--clip", type=float, default=d.clip, help=f"gradient norm clip, 0 for none (default {d.clip})")
     p.add_argument("--batch-size", type=int, default=16,
-                   help="examples per step, over all processes of a multi-process launch (default 16)")
+                   help="examples per forward, over all processes of a multi-process launch (default 16)")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, metavar="N",
+                   help="accumulate the gradients of N batches per optimiser step: the global batch is N x --batch-size "
+                   f"and each step counts N batches' FLOPs (default {d.grad_accum})")
     p.add_argument("--seq-len", type=int, help="tokens per example for text models (default 128, or the model's positions if fewer)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help=f"evaluate every k steps (default {d.eval_every})")
-    add_checkpoint_option(p, CHECKPOINT_EVERY, "run (OUT/checkpoint-<step>)")
+    add_checkpoint_option(p, "run (OUT/checkpoint-<step>)")
     p.add_argument("--keep-checkpoints", type=int, default=1, metavar="K",
                    help="keep the newest K checkpoints (default 1; 0 keeps all)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"data order and dropout seed (default {d.seed})")
-    p.add_argument("--device", choices=DEVICES, default=d.device,
-                   help="cpu (fp32); cuda (bf16 autocast, SDPA attention); auto: cuda when there is a GPU (default cpu)")
+    add_device_option(p, "training")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="auto (default): fp32 on the CPU, bf16 autocast on a GPU that has it; fp32; bf16 (CUDA only: "
+                   "bf16 matmuls are about 100x slower than fp32 on CPUs)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
+    p.add_argument("--report-to", choices=REPORTERS,
+                   help="also log the metrics through Accelerate's tracker (tensorboard: OUT/tensorboard; needs the "
+                   "tensorboard package); OUT/metrics.jsonl is always written")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--dry-run", action="store_true",
                    help="print the parameters, a peak memory estimate and the FLOPs; load no weights, write nothing")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, on_interrupt=on_interrupt)
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an output folder that holds anything but an unfinished run (which is resumed)."""
+def on_interrupt(args: argparse.Namespace) -> str:
+    """The interrupt message's tail: the step a rerun of the same command resumes from."""
+    from ..train import latest_checkpoint
+
+    found = latest_checkpoint(args.out) if args.out.is_dir() else None
+    return resume_hint(found[1] if found else args.out, found[0] if found else None)
+
+
+def _check_out(out: Path, cfg: TrainConfig) -> None:
+    """Refuse an output folder that holds anything but a run this command goes on with (resumed or extended)."""
+    from ..checkpoint import read_run
+    from ..train import resume_point
+
     if out.exists() and not out.is_dir():
         raise GrowError(f"output folder {out} exists and is not a folder; choose a new one")
     if not out.is_dir() or not any(out.iterdir()):
         return
     if read_run(out) is None:
         raise GrowError(f"output folder {out} exists and is not empty; choose a new one")
-    if (out / "final").exists():
-        raise GrowError(f"output folder {out} exists and is not empty: it holds a finished run; choose a new one")
+    resume_point(out, cfg)
+
+
+def _extends(old: dict | None, new: dict) -> bool:
+    """Whether run.json ``old`` is this run with fewer steps (an extension, which :func:`resume_point` vetted)."""
+    if old is None or not isinstance(old.get("settings"), dict):
+        return False
+    canon = json.loads(json.dumps(new))
+    shorter = {**canon, "settings": {**canon["settings"], "steps": old["settings"].get("steps")}}
+    return old == shorter and old["settings"]["steps"] < canon["settings"]["steps"]
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+    from ..checkpoint import check_same_run, digest_model_folder, read_run, remove, run_lock, write_run
+    from ..data import build_task_data, load_tokenizer
+    from ..device import resolve_device
+    from ..estimate import check_memory, train_estimate
+    from ..io import load_config, load_pretrained, model_class
+    from ..train import latest_checkpoint, train
+
     out = args.out
+    check_apart(args.model_dir, out, "--out")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise GrowError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    device = args.device or "auto"
+    cfg = TrainConfig(
+        steps=args.steps, lr=args.lr, warmup=args.warmup, schedule=args.schedule, min_lr_ratio=args.min_lr_ratio,
+        weight_decay=args.weight_decay, clip=args.clip, eval_every=args.eval_every,
+        checkpoint_every=checkpoint_interval(args.checkpoint_every, args.steps), keep_checkpoints=args.keep_checkpoints,
+        seed=args.seed, device=device, precision=args.precision, grad_accum=args.grad_accum,
+        progress=False if args.no_progress else None, report_to=(args.report_to,) if args.report_to else (),
+    )
+    cfg.check()
     if not args.dry_run:
-        distributed.setup(resolve_device(args.device))  # under torchrun / accelerate launch: join the group
+        distributed.setup(resolve_device(device))  # under torchrun / accelerate launch: join the group
         distributed.check_batch(args.batch_size)
-        _check_out(out)  # every process checks before rank 0 writes anything (the barrier below)
+        _check_out(out, cfg)  # every process checks before rank 0 writes anything (the barrier below)
     config = load_config(args.model_dir)
     name = model_class(config).__name__
     if name in HEADLESS:
         raise GrowError(f"{args.model_dir} holds a {name}, which has no head and so no training loss; save the model with its head")
     check_batch_size(args.batch_size)
     seq_len = default_seq_len(config, args.seq_len)
-    cfg = TrainConfig(
-        steps=args.steps, lr=args.lr, warmup=args.warmup, schedule=args.schedule, min_lr_ratio=args.min_lr_ratio,
-        weight_decay=args.weight_decay, clip=args.clip, eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
-        device=args.device, progress=False if args.no_progress else None,
-    )
-    cfg.check()
     est = train_estimate(config, args.batch_size, seq_len, cfg.steps)
+    est.tokens_per_step *= cfg.grad_accum  # a step runs grad_accum batches; the memory is one batch's
     if args.dry_run:
         print(describe("model", config))
         print_estimate(est)
         return 0
-    check_memory(est, cfg.device)
+    check_memory(est, device)
     model = load_pretrained(args.model_dir)
     family = model.config.model_type
     tokenizer = None
@@ -121,20 +175,25 @@ def run(args: argparse.Namespace) -> int:
         config=model.config, seq_len=seq_len, batch_size=args.batch_size,
     )
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
-                if k not in ("checkpoint_every", "keep_checkpoints", "progress")}
+                if k not in ("checkpoint_every", "keep_checkpoints", "progress", "report_to")}
     run_id = {"command": "train", "model": digest_model_folder(args.model_dir), "data": data_digest(data), "settings": settings}
     distributed.check_same(run_id, "the model, data or settings")
     distributed.barrier()
     with contextlib.ExitStack() as stack:
 
         def claim() -> None:  # rank 0 only: the run folder, its identity and its lock
-            if out.is_dir() and any(out.iterdir()):
+            extending = out.is_dir() and _extends(read_run(out), run_id)
+            if out.is_dir() and any(out.iterdir()) and not extending:
                 check_same_run(out, run_id, "training run")
             out.mkdir(parents=True, exist_ok=True)
             stack.enter_context(run_lock(out))
             write_run(out, run_id)
             found = latest_checkpoint(out)
-            if found:
+            if extending:  # OUT/final is the shorter run's model; checkpoint-<step> keeps it, and the longer run replaces it
+                remove(out / "final")
+                print(f"extending the run from step {found[0]} to {cfg.steps} (constant schedule: the same as an "
+                      f"uninterrupted {cfg.steps}-step run)", file=sys.stderr)
+            elif found:
                 print(f"resuming from step {found[0]} ({found[1]})", file=sys.stderr)
 
         distributed.on_main(claim)
@@ -149,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
             f"try a lower --lr (metrics in {out / 'metrics.jsonl'})"
         )
     print(
-        f"trained {name} for {cfg.steps} steps: eval loss {result.eval_loss:.4f}, "
-        f"{result.flops:.3g} FLOPs, {result.seconds:.1f} s; model saved to {result.final_dir}"
+        f"trained {name} for {cfg.steps} steps of {args.batch_size * cfg.grad_accum} examples on "
+        f"{resolved_device(device)}: eval loss {result.eval_loss:.4f}, {result.flops:.3g} FLOPs, "
+        f"{result.seconds:.1f} s; model saved to {result.final_dir}"
     )
     return 0

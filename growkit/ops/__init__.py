@@ -7,34 +7,22 @@ overrides either half of a fixed method.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from ..core.canonical import Canonical, Dims
+from ..core.catalog import CATALOG, DEPTH_OPS, WIDTH_OPS, MethodInfo, method_name, refuse_unused
 from ..core.errors import GrowError
-from .depth import DEPTH_MAPS, deepen
+from .depth import deepen
 from .operator import GrowthOperator
 from .width import widen
 
-#: width operators: keyword arguments of :func:`widen`
-WIDTH_OPS: dict[str, dict] = {
-    "net2net": {"strategy": "random", "noise": 0.01},
-    "aki": {"strategy": "random", "knowledge_from_next_layer": True},
-    "tile": {"strategy": "tile", "noise": 0.01},
-}
-DEPTH_OPS = tuple(DEPTH_MAPS)
-
 
 @dataclass(frozen=True)
-class Method:
-    """A registry entry. Fixed methods name ``width`` and ``depth``; learned ones have ``build``."""
+class Method(MethodInfo):
+    """A registry entry: a catalogue entry with, for a learned method, the ``build`` of its operator."""
 
-    name: str
-    summary: str
-    width: str | None = None
-    depth: str | None = None
     build: Callable[..., GrowthOperator] | None = None
-    options: tuple[str, ...] = field(default=())
 
     @property
     def learned(self) -> bool:
@@ -49,21 +37,15 @@ def register(method: Method) -> Method:
     return method
 
 
-for _m in (
-    Method("stackbert", "StackBERT: repeat the whole layer stack; Net2Net copies for width", "net2net", "stack"),
-    Method("interpolate", "interpolation: repeat each layer in place; Net2Net copies for width", "net2net", "interpolate"),
-    Method("net2net", "Net2Net: random unit copies with split outgoing weights; identity layers for depth", "net2net", "identity"),
-    Method("bert2bert", "bert2BERT AKI: new units take the next layer's weights; stacked depth", "aki", "stack"),
-    Method("exact", "function-preserving: tiled width with cancelling noise; identity layers for depth", "tile", "identity"),
-):
-    register(_m)
+for _info in CATALOG.values():
+    if not _info.learned:
+        register(Method(**vars(_info)))
 
 
 def get_method(name: str) -> Method:
+    """The registered method ``name`` (any case); a misspelt name is refused with the closest one suggested."""
     _load_learned()
-    if name not in METHODS:
-        raise GrowError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS[method_name(name, tuple(METHODS))]
 
 
 def _load_learned() -> None:
@@ -90,9 +72,7 @@ def grow_fixed(src: Canonical, tgt_dims: Dims, width: str, depth: str, *, seed: 
         raise GrowError(f"unknown width operator {width!r}; choose one of {', '.join(WIDTH_OPS)}")
     if depth not in DEPTH_OPS:
         raise GrowError(f"unknown depth operator {depth!r}; choose one of {', '.join(DEPTH_OPS)}")
-    unknown = sorted(set(options) - {"noise"})
-    if unknown:
-        raise GrowError(f"unknown option {unknown[0]!r} for a fixed method (only 'noise' is accepted)")
+    refuse_unused("a fixed method", sorted(options), ["noise"])
     kwargs = {**WIDTH_OPS[width], **options}
     out = deepen(widen(src, tgt_dims, seed=seed, **kwargs), tgt_dims.layers, depth)
     out.validate()

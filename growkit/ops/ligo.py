@@ -47,6 +47,7 @@ from torch import nn
 
 from ..core.canonical import GROWABLE, Canonical, Dims, parse_axis
 from ..core.errors import GrowError
+from ..core.catalog import CATALOG, refuse_unused
 from . import METHODS, WIDTH_OPS, Method, register
 from .depth import DEPTH_MAPS, RESIDUAL_OUTPUTS
 from .operator import GrowthOperator
@@ -230,8 +231,7 @@ def build(
     ``noise`` is the start's symmetry-breaking noise: the fixed method's for a
     fixed start (as ``grow_fixed``'s option), the depth noise bound for stackbert_noisy.
     """
-    if unknown:
-        raise GrowError(f"unknown option {sorted(unknown)[0]!r} for ligo; it accepts init= and noise=")
+    refuse_unused("ligo", sorted(unknown), list(CATALOG["ligo"].options))
     source.dims.check_growth_to(target_dims)
     fixed = [name for name, m in METHODS.items() if not m.learned]
     plans = _plans(source, target_dims)
@@ -244,11 +244,4 @@ def build(
     return LiGO(source, target_dims, start, plans)
 
 
-register(
-    Method(
-        "ligo",
-        "LiGO: learned width and depth maps, fit on the target's loss (init: stackbert_noisy or a fixed method)",
-        build=build,
-        options=("init", "noise"),
-    )
-)
+register(Method(**vars(CATALOG["ligo"]), build=build))

@@ -104,6 +104,7 @@ from torch import nn
 
 from ..core.canonical import GROWABLE, Canonical, Dims, parse_axis
 from ..core.errors import GrowError
+from ..core.catalog import CATALOG, refuse_unused
 from . import METHODS, WIDTH_OPS, Method, register
 from .depth import DEPTH_MAPS, POST_NORM_FAMILIES, RESIDUAL_OUTPUTS
 from .mango_chunks import Workspace
@@ -590,16 +591,8 @@ def build(
     ``noise`` is the start's cancelling symmetry-breaking noise (default: the fixed
     method's own, 0.01 or 0 for AKI); ``noise=0`` makes the start equal the fixed method.
     """
-    if unknown:
-        raise GrowError(f"unknown option {sorted(unknown)[0]!r} for mango; it accepts rank=, init= and noise=")
+    refuse_unused("mango", sorted(unknown), list(CATALOG["mango"].options))
     return MangoOperator(source, target_dims, rank=rank, init=init, noise=noise, seed=seed)
 
 
-register(
-    Method(
-        "mango",
-        "Mango: learned tensor-ring (multi-linear) growth operator of rank R, fit on the target's loss",
-        build=build,
-        options=("rank", "init", "noise"),
-    )
-)
+register(Method(**vars(CATALOG["mango"]), build=build))

@@ -1,0 +1,93 @@
+"""What growkit offers, by name: methods, operators, devices and precisions.
+
+Plain data, no torch: the command line builds its parser, lists the methods and
+refuses a misspelt name or an option a method ignores from this module alone,
+so ``growkit --help`` and ``growkit methods`` start in a fraction of a second.
+The operators themselves (:mod:`growkit.ops`) register against these names.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from .errors import GrowError
+
+#: width operators: keyword arguments of :func:`growkit.ops.width.widen`
+WIDTH_OPS: dict[str, dict] = {
+    "net2net": {"strategy": "random", "noise": 0.01},
+    "aki": {"strategy": "random", "knowledge_from_next_layer": True},
+    "tile": {"strategy": "tile", "noise": 0.01},
+}
+#: depth operators (:data:`growkit.ops.depth.DEPTH_MAPS` implements each)
+DEPTH_OPS = ("stack", "interpolate", "identity")
+#: the device names the command line accepts
+DEVICES = ("cpu", "auto", "cuda")
+#: the training precisions: ``auto`` is the device's own policy (see :mod:`growkit.device`)
+PRECISIONS = ("auto", "fp32", "bf16")
+#: the Accelerate trackers a training run can report to, besides its metrics.jsonl
+REPORTERS = ("tensorboard",)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A method's name, summary and the ``grow()`` options it takes; fixed methods name their two operators."""
+
+    name: str
+    summary: str
+    width: str | None = None
+    depth: str | None = None
+    options: tuple[str, ...] = field(default=("noise",))
+
+    @property
+    def learned(self) -> bool:
+        return self.width is None
+
+    def kind(self) -> str:
+        return "a learned method" if self.learned else "a fixed method"
+
+
+CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
+    MethodInfo("stackbert", "StackBERT: repeat the whole layer stack; Net2Net copies for width", "net2net", "stack"),
+    MethodInfo("interpolate", "interpolation: repeat each layer in place; Net2Net copies for width", "net2net", "interpolate"),
+    MethodInfo("net2net", "Net2Net: random unit copies with split outgoing weights; identity layers for depth",
+               "net2net", "identity"),
+    MethodInfo("bert2bert", "bert2BERT AKI: new units take the next layer's weights; stacked depth", "aki", "stack"),
+    MethodInfo("exact", "function-preserving: tiled width with cancelling noise; identity layers for depth",
+               "tile", "identity"),
+    MethodInfo("ligo", "LiGO: learned width and depth maps, fit on the target's loss (init: stackbert_noisy or a "
+               "fixed method)", options=("init", "noise")),
+    MethodInfo("mango", "Mango: learned tensor-ring (multi-linear) growth operator of rank R, fit on the target's loss",
+               options=("rank", "init", "noise")),
+)}
+
+
+def method_name(name: str, known: tuple[str, ...] | None = None) -> str:
+    """The method ``name`` means, matched without regard to case; otherwise a refusal that suggests the closest."""
+    known = tuple(CATALOG) if known is None else known
+    if not isinstance(name, str):
+        raise GrowError(f"method must be a name such as 'exact', got {name!r}")
+    if name in known:
+        return name
+    by_case = {k.lower(): k for k in known}
+    if name.strip().lower() in by_case:
+        return by_case[name.strip().lower()]
+    close = difflib.get_close_matches(name.strip().lower(), list(by_case), n=1, cutoff=0.6)
+    hint = f"did you mean {by_case[close[0]]!r}? " if close else ""
+    raise GrowError(f"unknown method {name!r}; {hint}choose one of {', '.join(known)} (see `growkit methods`)")
+
+
+def refuse_unused(method: str, given: list[str], accepted: list[str], spell=lambda option: f"{option}=") -> None:
+    """Refuse options that ``method`` would ignore, naming them as the user wrote them (``spell``).
+
+    One message for the API (``rank=``) and the command line (``--rank``), so an
+    option a method does not use is never silently dropped.
+    """
+    unused = [option for option in given if option not in accepted]
+    if not unused:
+        return
+    info = CATALOG.get(method)
+    kind = f" ({info.kind()})" if info else ""
+    takes = ", ".join(spell(option) for option in accepted) or "no options"
+    names = ", ".join(spell(option) for option in unused)
+    verb = "does" if len(unused) == 1 else "do"
+    raise GrowError(f"{names} {verb} not apply to {method}{kind}; {method} takes {takes}")
