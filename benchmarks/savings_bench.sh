@@ -2,11 +2,23 @@
 # The savings benchmark runs behind BENCHMARKS.md ("Savings benchmark"), and the copy of their reports
 # and plots into benchmarks/results/. Each command resumes: finished runs are reused.
 # --threads 1: the machine was shared; one thread per process was faster and steadier than two.
+# --three-seeds: only the 3-seed GPT-2 tiny and tiny-long re-measure with --jobs 2 (about 1 h and 2 h on 2 idle cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ALL=scratch,stackbert,interpolate,net2net,bert2bert,exact,ligo,mango
 
 run() { growkit bench --threads 1 "$@"; }
+
+if [[ "${1:-}" == "--three-seeds" ]]; then
+  # the 3-seed re-measure (issue 13): GPT-2 tiny and tiny-long, every method, two worker processes
+  growkit bench --jobs 2 --family gpt2 --preset tiny --seeds 3 --methods $ALL --out runs/bench-gpt2-tiny-3seeds
+  growkit bench --jobs 2 --family gpt2 --preset tiny-long --seeds 3 --methods $ALL --out runs/bench-gpt2-tiny-long-3seeds
+  for name in bench-gpt2-tiny-3seeds bench-gpt2-tiny-long-3seeds; do
+    mkdir -p benchmarks/results/$name
+    cp runs/$name/report.md runs/$name/results.json runs/$name/*.png benchmarks/results/$name/
+  done
+  exit 0
+fi
 
 if [[ "${1:-}" != "--collect-only" ]]; then
   # main comparison: GPT-2 2L/64 -> 4L/128, 2 seeds

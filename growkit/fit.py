@@ -25,7 +25,6 @@ from typing import Any, Iterable, Iterator
 
 import torch
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
 from . import distributed
 from .arch import Adapter
@@ -33,6 +32,7 @@ from .checkpoint import all_finite, digest_tensors, load_state, numbered, prune,
 from .core.errors import GrowError
 from .device import DEVICES, autocast_context, resolve_device, use_attention
 from .ops.operator import GrowthOperator
+from .progress import progress_bar
 from .settings import FitConfig
 
 
@@ -192,8 +192,7 @@ def fit(
         distributed.barrier()  # a checkpoint on disk is one every process has passed
 
     model.train()
-    bar = tqdm(range(done, config.steps), desc="fit", disable=not (config.progress and main), leave=False,
-               total=config.steps, initial=done)
+    bar = progress_bar(config.steps, "fit", config.progress, initial=done, leave=False, main=main)
     start = time.perf_counter()
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), contextlib.closing(bar):  # an interrupt's message is not redrawn over
@@ -202,7 +201,7 @@ def fit(
             saved = state.get("rng_ranks") or [state["rng"]]
             set_rng_state(saved[rank] if rank < len(saved) else saved[0])
         stream = batch_stream(data, seed, start=done)
-        for step in bar:
+        for step in range(done, config.steps):
             full = next(stream)
             if world == 1:
                 loss = target_loss(operator, model, adapter, _on(full, device), device)
@@ -233,6 +232,7 @@ def fit(
             scheduler.step()
             result.losses.append(value)
             bar.set_postfix(loss=f"{value:.4f}")
+            bar.update()
             finished = step + 1
             if checkpoint_dir is not None and checkpoint_every and finished % checkpoint_every == 0 \
                     and finished < config.steps and all_finite(params):

@@ -30,7 +30,6 @@ from typing import Callable
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from . import distributed
@@ -40,7 +39,9 @@ from .data import TaskData
 from .device import resolve_device, training_precision, use_attention
 from .flops import batch_tokens, flops_per_batch
 from .io import STATE_FILE, load_pretrained, load_training_state, save_pretrained
+from .progress import progress_bar
 from .settings import TrainConfig
+
 
 @dataclass
 class TrainResult:
@@ -326,8 +327,8 @@ def train(
     if world > 1:
         distributed.check_same(digest_tensors(first), "the first training batch")
     stream = itertools.chain([first], stream)
-    bar = tqdm(total=cfg.steps, initial=done, desc="train",
-               disable=not main or not (sys.stderr.isatty() if cfg.progress is None else cfg.progress))
+    bar = progress_bar(cfg.steps, "train", sys.stderr.isatty() if cfg.progress is None else cfg.progress,
+                       initial=done, main=main)
     loss_sum, count, tokens = torch.zeros((), device=device), 0, 0
     start = time.perf_counter()
     with contextlib.closing(bar):  # closed before an interrupt's message is printed, not redrawn after it

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from growkit.bench import BenchSpec, Curve, compare, convergence, first_reach, get_preset, run_bench, savings
 from growkit.bench.plots import seed_band
-from growkit.bench.report import PLOTS, report_markdown, summarise, text_table, warnings, write_report
+from growkit.bench.report import PLOTS, paired, report_markdown, summarise, text_paired, text_table, warnings, write_report
+from growkit.bench.savings import savings_curve
 from growkit.core.errors import GrowError
 
 
@@ -76,6 +78,49 @@ def test_convergence_is_the_improvement_over_the_last_fifth():
     assert convergence(c) == pytest.approx((2.4 - 2.0) / 2.4)
 
 
+def test_savings_curve_targets_scratchs_loss_at_each_fraction_of_its_budget():
+    scratch = curve([0, 10, 20, 30, 40], [5.0, 4.0, 3.0, 2.5, 2.0])
+    grown = curve([0, 10, 20, 30, 40], [3.5, 3.0, 2.2, 2.0, 1.9], fit_flops=2.0)
+    got = savings_curve(grown, scratch)
+    # 25% of the budget is step 1 of 4 (loss 4.0): scratch pays 10, grown is below it at its start (x = 2)
+    assert got[0.25] == pytest.approx(1 - 2 / 10)
+    # 50%: loss 3.0; scratch pays 20, grown reaches 3.0 at x = 2 + 10
+    assert got[0.5] == pytest.approx(1 - 12 / 20)
+    # 75%: loss 2.5; grown crosses 3.0 -> 2.2 at 5/8 of the way from x = 12 to 22
+    assert got[0.75] == pytest.approx(1 - (12 + 10 * 5 / 8) / 30)
+    assert got[1.0] == pytest.approx(compare("g", grown, scratch).flop_savings) == pytest.approx(1 - 32 / 40)
+    # between evaluations scratch's loss is interpolated: 3/8 of the budget is step 1.5 (loss 3.5)
+    assert savings_curve(grown, scratch, [0.375])[0.375] == pytest.approx(1 - 2 / 15)
+
+
+def test_paired_differences_use_each_seeds_best_fixed_baseline():
+    scratch = curve([0, 10, 20], [5.0, 3.0, 2.0])
+
+    def run(loss_at_10: float) -> Curve:  # reaches 2.0 sooner the lower its loss at x = 10
+        return curve([0, 10, 20], [4.0, loss_at_10, 1.5])
+
+    per_seed = {
+        0: {m: compare(m, c, scratch) for m, c in
+            {"scratch": scratch, "exact": run(2.5), "bert2bert": run(2.2), "mango": run(2.1)}.items()},
+        1: {m: compare(m, c, scratch) for m, c in
+            {"scratch": scratch, "exact": run(2.1), "bert2bert": run(2.4), "mango": run(2.3)}.items()},
+    }
+    table, best = paired(per_seed, ["scratch", "exact", "bert2bert", "mango"])
+    assert best[0]["method"] == "bert2bert" and best[1]["method"] == "exact"
+    d0 = per_seed[0]["mango"].flop_savings - per_seed[0]["bert2bert"].flop_savings
+    d1 = per_seed[1]["mango"].flop_savings - per_seed[1]["exact"].flop_savings
+    assert d0 > 0 > d1
+    mango = table["mango"]
+    assert mango["per_seed"] == {0: pytest.approx(d0), 1: pytest.approx(d1)}
+    assert mango["mean"] == pytest.approx((d0 + d1) / 2) and mango["min"] == pytest.approx(d1)
+    assert mango["ahead"] == 1 and mango["of"] == 2
+    assert table["exact"]["max"] == 0.0 and table["exact"]["ahead"] == 0
+    assert "scratch" not in table
+    # no fixed baseline ran: nothing to pair with
+    alone, none = paired({0: {m: per_seed[0][m] for m in ("scratch", "mango")}}, ["scratch", "mango"])
+    assert none == {0: None} and alone["mango"]["n"] == 0
+
+
 def test_seed_band_interpolates_onto_a_shared_grid():
     a = {"seconds": [0.0, 10.0, 20.0], "loss": [4.0, 3.0, 2.0]}
     b = {"seconds": [1.0, 9.0, 21.0], "loss": [4.0, 2.0, 1.0]}
@@ -114,6 +159,13 @@ def test_smoke_writes_report_results_and_plots(smoke):
     report = (out / "report.md").read_text()
     for m in METHODS:
         assert f"| {m} |" in report
+    assert "## Paired with the best fixed baseline" in report and "## Savings curve" in report
+    assert data["best_fixed"]["0"]["method"] == "exact"  # the only fixed baseline that ran
+    assert data["paired"]["ligo"]["per_seed"]["0"] == pytest.approx(
+        data["methods"]["ligo"]["flop_savings"]["mean"] - data["methods"]["exact"]["flop_savings"]["mean"])
+    assert set(data["savings_curve"]["ligo"]) == {"0.25", "0.5", "0.75", "1.0"}
+    assert data["savings_curve"]["ligo"]["1.0"]["mean"] == pytest.approx(data["methods"]["ligo"]["flop_savings"]["mean"])
+    assert all(r["load"]["cores"] >= 1 for r in result.runs[0].values())
     assert "Small-model (source) pretraining" in report and "convergence" in report
     assert sorted(result.trained) == [(0, m) for m in sorted(METHODS)]
     assert (out / "source-gpt2-smoke-seed0" / "DONE").is_file()
@@ -170,6 +222,80 @@ def test_same_seed_same_results(smoke, tmp_path):
     assert first.sources[0]["eval_loss"] == second.sources[0]["eval_loss"]
 
 
+def test_jobs_give_the_same_results_as_one_process(smoke, tmp_path):
+    _, first, summary, _ = smoke
+    lines = []
+    spec = BenchSpec(get_preset("gpt2", "smoke"), methods=list(METHODS), seeds=[0, 1], threads=1, jobs=2, progress=True)
+    result = run_bench(spec, tmp_path / "jobs", log=lines.append)
+    assert sorted(result.trained) == sorted((s, m) for s in (0, 1) for m in METHODS)
+    for m in METHODS:
+        a, b = first.runs[0][m], result.runs[0][m]
+        assert [r.get("eval_loss") for r in a["history"]] == [r.get("eval_loss") for r in b["history"]], m
+        assert a["fit_flops"] == b["fit_flops"] and b["threads"] == 1
+    assert result.runs[1]["scratch"]["eval_loss"] != result.runs[0]["scratch"]["eval_loss"]  # seed 1 is its own
+    parallel = summarise(result)
+    for m in METHODS:
+        assert parallel["per_seed"][0][m]["flop_savings"] == summary["per_seed"][0][m]["flop_savings"]
+    assert any("[seed 1] ligo: fit: 3/3" in line for line in lines)  # workers' progress lines reach the log
+    assert any("[seed 0] scratch: train: 20/20" in line for line in lines)
+    again = run_bench(BenchSpec(get_preset("gpt2", "smoke"), methods=list(METHODS), seeds=[0, 1], threads=1, jobs=2),
+                      tmp_path / "jobs", log=lambda _: None)
+    assert again.trained == []
+
+
+def test_redo_reruns_finished_runs(smoke, tmp_path):
+    out, first, _, _ = smoke
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    spec = BenchSpec(get_preset("gpt2", "smoke"), methods=["scratch", "exact"], seeds=[0], redo=True)  # default threads
+    again = run_bench(spec, copy, log=lambda _: None)
+    assert sorted(again.trained) == [(0, "exact"), (0, "scratch")]
+    assert again.runs[0]["exact"]["threads"] == 1
+    assert [r.get("eval_loss") for r in again.runs[0]["exact"]["history"]] == \
+        [r.get("eval_loss") for r in first.runs[0]["exact"]["history"]]
+
+
+def test_busy_runs_mark_the_wall_time_figures(smoke):
+    _, result, _, _ = smoke
+    import copy
+
+    fake = copy.deepcopy(result)
+    for r in fake.runs[0].values():
+        r["load"] = {"max": 1.0, "mean": 1.0, "cores": 2, "busy": False}
+    calm = summarise(fake)
+    assert not calm["busy_runs"] and "*" not in text_table(calm)
+    fake.runs[0]["ligo"]["load"] = {"max": 7.5, "mean": 6.0, "cores": 2, "busy": True}
+    busy = summarise(fake)
+    assert busy["methods"]["ligo"]["wall_unreliable"] and not busy["methods"]["exact"]["wall_unreliable"]
+    assert "1 of 3 runs (up to 7.5 on 2 cores)" in text_table(busy)
+    assert "wall times unreliable" in report_markdown(busy)
+    fake.runs[0]["scratch"]["load"] = fake.runs[0]["ligo"]["load"]  # scratch's seconds are every method's reference
+    assert all(t["wall_unreliable"] for t in summarise(fake)["methods"].values())
+
+
+def test_progress_lines_outside_a_terminal():
+    from growkit.progress import LineProgress, lines_to, progress_bar
+
+    got = []
+    with lines_to(got.append, every=0.0):
+        bar = progress_bar(3, "train", enabled=False)
+        assert isinstance(bar, LineProgress)
+        bar.set_postfix(loss="4.2")
+        bar.update()
+        bar.update()
+        bar.close()
+    assert got == ["train: 1/3 (loss 4.2), 0 s", "train: 2/3 (loss 4.2), 0 s"]
+    assert not isinstance(progress_bar(3, "train", enabled=False), LineProgress)  # outside the block: tqdm
+    quiet = []
+    with lines_to(quiet.append, every=0.0):
+        other = progress_bar(3, "train", enabled=True, main=False)
+        other.update()
+        other.close()
+    assert quiet == []  # a process other than rank 0 shows nothing
+
+
 def test_other_settings_in_the_same_folder_are_refused(smoke):
     out = smoke[0]
     spec = BenchSpec(get_preset("gpt2", "smoke").replace(budget_steps=7), methods=["scratch"], seeds=[0])
@@ -213,6 +339,30 @@ def test_warnings_flag_a_target_too_close_to_the_small_model(smoke):
     assert "only 0.5% below" in report_markdown(summary)
     fake.sources[0]["eval_loss"] = scratch_final * 1.5
     assert not any("small model" in w for w in warnings(summarise(fake)))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_tiny_long_fits_cost_at_most_five_percent_of_its_budget(family, tmp_path):
+    from growkit.bench.runner import Runner, _source_config, load_data
+    from growkit.flops import flops_per_batch
+    from growkit.io import model_class
+
+    preset = get_preset(family, "tiny-long")
+    tiny = get_preset(family, "tiny")
+    assert (preset.source, preset.target, preset.source_budget) == (tiny.source, tiny.target, tiny.source_budget)
+    assert preset.budget.steps == 2500 and preset.fit_steps == 100
+    spec = BenchSpec(preset.replace(text_chars=200_000), methods=["scratch"], seeds=[0])
+    data = load_data(spec, tmp_path)
+    config = _source_config(spec, data)
+    source = model_class(config)(config)
+    target = preset.target_config(config)
+    step = flops_per_batch(target, next(data.train_batches(0)))
+    for method in ("ligo", "mango"):
+        per_step, materialise = Runner(spec, tmp_path)._fit_flops(source, target, method, data, 0, {})
+        share = (preset.fit_steps * per_step + materialise) / (preset.budget.steps * step)
+        assert 0.03 < share <= 0.05, (method, share)
+    with pytest.raises(GrowError, match="tiny-long"):
+        get_preset("vit", "tiny-long")
 
 
 # --- the command line -------------------------------------------------------------------
@@ -272,17 +422,26 @@ def test_variant_parsing():
         runner.resolve_methods(["exact+fit_steps=3"])
 
 
-def test_cli_demo_runs_the_reduced_bench(tmp_path, capsys, monkeypatch):
+def test_cli_demo_runs_the_reduced_bench_and_keeps_its_models(tmp_path, capsys, monkeypatch):
     from growkit.bench import presets
     from growkit.cli import main
     from growkit.cli.demo import DEMO_METHODS, demo_spec
 
     spec = demo_spec()
-    assert spec.preset.family == "gpt2" and spec.methods == list(DEMO_METHODS)
+    assert spec.preset.family == "gpt2" and spec.methods == list(DEMO_METHODS) and spec.jobs == 2
     assert spec.preset.budget.steps < get_preset("gpt2", "tiny").budget.steps
     monkeypatch.setattr(presets, "demo_preset", lambda: get_preset("gpt2", "smoke").replace(budget_steps=8, budget_eval_every=4))
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--threads", "1"]) == 0
+    assert main(["demo", "--out", str(out), "--jobs", "1", "--threads", "1"]) == 0
     text = capsys.readouterr().out
-    assert "bert2bert" in text and "ligo" in text and "loss_vs_flops.png" in text
+    assert "bert2bert" in text and "ligo" in text and "savings_curve.png" in text
+    assert "train: 8/8" in text  # progress lines (stderr is no terminal here)
     assert (out / "report.md").is_file() and (out / "loss_vs_seconds.png").is_file()
+    kept = [line.split(": ", 1)[1].strip() for line in text.splitlines() if line.startswith(("small model:", "grown ("))]
+    assert len(kept) == 1 + len(DEMO_METHODS) - 1
+    for folder in kept:
+        assert (Path(folder) / "model.safetensors").is_file(), folder
+    assert main(["demo", "--out", str(out), "--jobs", "1", "--threads", "1"]) == 0
+    assert "0 runs trained now" in capsys.readouterr().out
+    assert main(["demo", "--out", str(out), "--jobs", "1", "--threads", "1", "--redo"]) == 0
+    assert "4 runs trained now" in capsys.readouterr().out

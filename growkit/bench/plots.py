@@ -75,7 +75,18 @@ def plot_curves(summary: dict, axis: str, path: str | Path, log_x: bool = False)
         ax.set_xscale("log")
     ax.set_xlabel(LABELS.get(axis, axis) + (" (log)" if log_x else ""))
     ax.set_ylabel("eval loss")
-    n = len(seeds)
+    if axis == "seconds" and summary.get("busy_runs"):
+        runs = sum(len(by) for by in summary["busy_runs"].values())
+        ax.text(0.01, 0.01, f"UNRELIABLE: the load average exceeded the core count during {runs} run(s)",
+                transform=ax.transAxes, color="tab:red", fontsize=9, va="bottom")
+    return _finish(fig, ax, summary, path)
+
+
+def _finish(fig, ax, summary: dict, path: str | Path) -> Path:
+    """Title (sizes, preset, seeds), grid and legend; saved to ``path``."""
+    import matplotlib.pyplot as plt
+
+    info, n = summary["info"], len(summary["curves"])
     spread = f"mean of {n} seeds, shaded min–max" if n > 1 else "1 seed"
     ax.set_title(f"{info['family']} {info['source']} → {info['target']} ({info['preset']} preset, {spread})", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
@@ -85,3 +96,36 @@ def plot_curves(summary: dict, axis: str, path: str | Path, log_x: bool = False)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_savings_curve(summary: dict, path: str | Path) -> Path:
+    """FLOP savings against the fraction of scratch's budget whose loss is the target; one line per method.
+
+    A point is drawn where at least one seed reached that loss (the mean over those
+    that did); the band is the seeds' min–max.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=110)
+    others = iter(plt.get_cmap("Set2").colors)
+    for method, curve in summary["savings_curve"].items():
+        if method == "scratch":
+            continue
+        points = [(float(f), st) for f, st in curve.items() if st["n"]]
+        if not points:
+            continue
+        x = np.array([f for f, _ in points]) * 100
+        mean, lo, hi = (np.array([st[k] for _, st in points]) * 100 for k in ("mean", "min", "max"))
+        colour = COLOURS.get(method) or next(others)
+        ax.plot(x, mean, label=method, color=colour, lw=2.2 if method in BOLD else 1.3,
+                ls="--" if "+" in method else "-", marker="o")
+        if len(summary["curves"]) > 1:
+            ax.fill_between(x, lo, hi, color=colour, alpha=0.15, lw=0)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("target loss: scratch's eval loss at this % of its budget")
+    ax.set_ylabel("FLOP savings over scratch (%, operator fit included)")
+    ax.set_xticks([f * 100 for f in sorted({float(f) for c in summary["savings_curve"].values() for f in c})])
+    return _finish(fig, ax, summary, path)

@@ -7,11 +7,14 @@ from pathlib import Path
 from statistics import mean
 
 from .runner import BenchResult
-from .savings import Comparison, Curve, compare, convergence
+from .savings import CURVE_FRACTIONS, Comparison, Curve, compare, convergence, savings_curve
 
 CONVERGED = 0.02  #: scratch should improve by less than this over the last fifth of its budget
 MARGIN = 0.02  #: scratch's final loss should be at least this much (relative) below the small model's
-PLOTS = ("loss_vs_flops.png", "loss_vs_seconds.png")
+PLOTS = ("loss_vs_flops.png", "loss_vs_seconds.png", "savings_curve.png")
+#: the fixed baselines a method is paired with (per seed, the best of those that ran)
+FIXED = ("stackbert", "interpolate", "net2net", "bert2bert", "exact")
+BUSY_MARK = "*"  #: marks wall-time cells of runs whose machine was busier than its cores
 
 
 def _stats(values: list[float | None]) -> dict:
@@ -19,6 +22,55 @@ def _stats(values: list[float | None]) -> dict:
     if not got:
         return {"mean": None, "min": None, "max": None, "n": 0, "of": len(values)}
     return {"mean": mean(got), "min": min(got), "max": max(got), "n": len(got), "of": len(values)}
+
+
+def best_fixed(comparisons: dict[str, Comparison]) -> tuple[str, float] | None:
+    """The fixed baseline with the highest FLOP savings among those that ran and reached the target."""
+    reached = [(c.flop_savings, m) for m, c in comparisons.items() if m in FIXED and c.flop_savings is not None]
+    if not reached:
+        return None
+    value, method = max(reached)
+    return method, value
+
+
+def paired(per_seed: dict[int, dict[str, Comparison]], methods: list[str]) -> tuple[dict, dict]:
+    """Each method's FLOP savings minus its seed's best fixed baseline: statistics over seeds, and the baselines.
+
+    Seed noise moves every method of a seed together (same source, data order and
+    target loss), so a paired difference separates methods that unpaired means cannot.
+    """
+    best = {seed: best_fixed(comps) for seed, comps in per_seed.items()}
+    table = {}
+    for m in methods:
+        if m == "scratch":
+            continue
+        diffs = {seed: (None if best[seed] is None or comps[m].flop_savings is None
+                        else comps[m].flop_savings - best[seed][1]) for seed, comps in per_seed.items()}
+        table[m] = {**_stats(list(diffs.values())), "ahead": sum(1 for d in diffs.values() if d is not None and d > 0),
+                    "per_seed": diffs}
+    baselines = {seed: None if b is None else {"method": b[0], "flop_savings": b[1]} for seed, b in best.items()}
+    return table, baselines
+
+
+def curve_table(result: BenchResult) -> dict:
+    """{method: {fraction: stats}}: FLOP savings at the losses scratch reaches at 25/50/75/100% of its budget."""
+    per_seed = {}
+    for seed, runs in result.runs.items():
+        scratch = Curve.from_history(runs["scratch"]["history"])
+        per_seed[seed] = {m: savings_curve(Curve.from_history(r["history"]), scratch) for m, r in runs.items()}
+    return {m: {f: _stats([per_seed[s][m][f] for s in per_seed]) for f in CURVE_FRACTIONS}
+            for m in result.info["methods"]}
+
+
+def busy_runs(result: BenchResult) -> dict[int, dict[str, dict]]:
+    """{seed: {method: load}} of the runs whose load average exceeded the cores (older runs have no record)."""
+    out: dict[int, dict[str, dict]] = {}
+    for seed, runs in result.runs.items():
+        for m, r in runs.items():
+            load = r.get("load") or {}
+            if load.get("busy"):
+                out.setdefault(seed, {})[m] = load
+    return out
 
 
 def summarise(result: BenchResult) -> dict:
@@ -31,6 +83,8 @@ def summarise(result: BenchResult) -> dict:
         scratch_conv[seed] = convergence(scratch)
         per_seed[seed] = {m: compare(m, Curve.from_history(r["history"]), scratch) for m, r in runs.items()}
     methods = result.info["methods"]
+    busy = busy_runs(result)
+    pairs, baselines = paired(per_seed, methods)
     table = {}
     for m in methods:
         rows = [per_seed[s][m] for s in per_seed]
@@ -45,6 +99,8 @@ def summarise(result: BenchResult) -> dict:
             "fit_flops": _stats([r["fit_flops"] for r in recs]),
             "fit_seconds": _stats([r["grow_seconds"] for r in recs]),
             "initial_loss": _stats([Curve.from_history(r["history"]).loss[0] for r in recs]),
+            # wall figures compare with scratch's seconds, so a busy scratch run spoils every method's
+            "wall_unreliable": any(m in busy.get(s, {}) or "scratch" in busy.get(s, {}) for s in per_seed),
         }
     sources = {s: {k: v for k, v in r.items() if k != "history"} for s, r in result.sources.items()}
     checks = [r["train_flops_check"] for s in result.runs for r in [result.runs[s]["scratch"]] if r.get("train_flops_check")]
@@ -61,6 +117,11 @@ def summarise(result: BenchResult) -> dict:
         "sources": sources,
         "flops_check": checks[0] if checks else None,
         "methods": table,
+        "paired": pairs,
+        "best_fixed": baselines,
+        "savings_curve": curve_table(result),
+        "busy_runs": busy,
+        "load": {s: {m: r.get("load") for m, r in runs.items()} for s, runs in result.runs.items()},
         "per_seed": {s: {m: c.to_dict() for m, c in comps.items()} for s, comps in per_seed.items()},
         "curves": {s: {m: Curve.from_history(r["history"]).__dict__ for m, r in runs.items()}
                    for s, runs in result.runs.items()},
@@ -88,15 +149,16 @@ def _cell(st: dict, fmt: str, *, pct: bool = False, spread: bool = True) -> str:
 def table_rows(summary: dict) -> list[list[str]]:
     rows = []
     for m, t in summary["methods"].items():
+        mark = BUSY_MARK if t.get("wall_unreliable") else ""
         rows.append([
             m,
             _cell(t["initial_loss"], ".3f", spread=False),
             _cell(t["final_loss"], ".4f"),
             _cell(t["steps_to_target"], ".0f", spread=False),
             _cell(t["flops_to_target"], ".3g", spread=False),
-            _cell(t["seconds_to_target"], ".1f", spread=False),
+            _cell(t["seconds_to_target"], ".1f", spread=False) + mark,
             "—" if m == "scratch" else _cell(t["flop_savings"], ".1f", pct=True),
-            "—" if m == "scratch" else _cell(t["wall_savings"], ".1f", pct=True),
+            ("—" if m == "scratch" else _cell(t["wall_savings"], ".1f", pct=True)) + mark,
             "—" if not t["fit_flops"]["mean"] else _num(t["fit_flops"]["mean"], ".3g"),
             "—" if m == "scratch" else _num(t["fit_seconds"]["mean"], ".1f"),
         ])
@@ -108,17 +170,74 @@ HEADER = ["method", "loss at start", "final eval loss (equal budget)", "steps to
 
 
 def markdown_table(summary: dict) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(summary)]
-    return "\n".join(lines)
+    return _markdown(HEADER, table_rows(summary))
 
 
 def text_table(summary: dict) -> str:
-    """The table for a terminal."""
+    """The table for a terminal (and the busy-machine note under it)."""
     head = ["method", "start", "final loss", "steps", "FLOPs", "s", "FLOP sav.", "wall sav.", "fit FLOPs", "fit s"]
-    rows = [head] + table_rows(summary)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    note = busy_note(summary)
+    return _text(head, table_rows(summary)) + (f"\n{note}" if note else "")
+
+
+def busy_note(summary: dict) -> str | None:
+    """What the wall-time mark means, with how many runs were busy and how busy; None when none was."""
+    busy = [load for by_method in (summary.get("busy_runs") or {}).values() for load in by_method.values()]
+    if not busy:
+        return None
+    total = sum(len(runs) for runs in summary["load"].values())
+    return (f"{BUSY_MARK} wall times unreliable: the load average exceeded the number of cores during {len(busy)} of "
+            f"{total} runs (up to {max(b['max'] for b in busy):.1f} on {busy[0]['cores']} cores), so their seconds "
+            "measure the machine's load as much as the method; FLOPs are unaffected")
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x * 100:+.1f}"
+
+
+def paired_rows(summary: dict) -> list[list[str]]:
+    """method, mean, min, max of the paired difference (points), and seeds ahead of the best fixed baseline."""
+    rows = []
+    for m, st in summary["paired"].items():
+        if st["n"] == 0:
+            rows.append([m, "—", "—", "—", f"0/{st['of']}"])
+            continue
+        rows.append([m, _pct(st["mean"]), _pct(st["min"]), _pct(st["max"]), f"{st['ahead']}/{st['of']}"])
+    return rows
+
+
+PAIRED_HEADER = ["method", "mean (points)", "min", "max", "seeds ahead"]
+
+
+def baselines_line(summary: dict) -> str:
+    best = summary["best_fixed"]
+    return "Best fixed baseline per seed: " + ", ".join(
+        f"seed {s}: " + ("none reached the target" if b is None else f"{b['method']} {b['flop_savings'] * 100:.1f}%")
+        for s, b in best.items()) + "."
+
+
+def curve_rows(summary: dict) -> list[list[str]]:
+    return [[m] + [_cell(curve[f], ".1f", pct=True) for f in curve]
+            for m, curve in summary["savings_curve"].items() if m != "scratch"]
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _text(header: list[str], rows: list[list[str]]) -> str:
+    rows = [header] + rows
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def text_paired(summary: dict) -> str:
+    """The paired table for a terminal (empty when no fixed baseline ran)."""
+    if not summary["paired"] or all(b is None for b in summary["best_fixed"].values()):
+        return ""
+    return ("FLOP savings minus the seed's best fixed baseline (percentage points):\n"
+            + _text(PAIRED_HEADER, paired_rows(summary)))
 
 
 def warnings(summary: dict) -> list[str]:
@@ -175,6 +294,25 @@ def report_markdown(summary: dict) -> str:
               "reach the target loss, interpolated linearly between evaluations; C_method includes the "
               "operator's fit. Wall time counts training steps only (not evaluation) on a shared machine, so "
               "it is noisier than FLOPs.", ""]
+    note = busy_note(summary)
+    if note:
+        lines += [f"**\\{note}.**", ""]
+    lines += ["## Paired with the best fixed baseline", ""]
+    if all(b is None for b in summary["best_fixed"].values()):
+        lines += ["No fixed baseline (" + ", ".join(FIXED) + ") ran and reached the target, so there is nothing to "
+                  "pair with.", ""]
+    else:
+        lines += ["Each method's FLOP savings minus the same seed's best fixed baseline (" + ", ".join(FIXED)
+                  + ", whichever ran), in percentage points. A seed's noise (its source, data order and target "
+                  "loss) moves every method of that seed together, so the paired difference separates methods "
+                  "that the means above cannot. " + baselines_line(summary), "",
+                  _markdown(PAIRED_HEADER, paired_rows(summary)), ""]
+    lines += ["## Savings curve", "",
+              "FLOP savings to reach the eval loss scratch reaches at 25%, 50%, 75% and 100% of its budget "
+              "(interpolated between evaluations; the operator's fit included). Rising along the row: the lead "
+              "grows; falling: the head start fades.", "",
+              _markdown(["method"] + [f"{f:.0%} of scratch's budget" for f in CURVE_FRACTIONS], curve_rows(summary)),
+              "", "![savings curve](savings_curve.png)", ""]
     lines += ["## Scratch convergence check", ""]
     conv = summary["scratch_last_fifth_improvement"]
     lines.append("Scratch's eval loss improved by " + ", ".join(f"{v * 100:.2f}% (seed {s})" for s, v in conv.items())
@@ -207,7 +345,7 @@ def report_markdown(summary: dict) -> str:
 
 
 def write_report(result: BenchResult, plots: bool = True) -> dict:
-    """Write results.json, report.md and the two plots into the benchmark folder; returns the summary."""
+    """Write results.json, report.md and the plots (:data:`PLOTS`) into the benchmark folder; returns the summary."""
     summary = summarise(result)
     fits = {}
     for m in result.info["methods"]:
@@ -219,8 +357,9 @@ def write_report(result: BenchResult, plots: bool = True) -> dict:
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "report.md").write_text(report_markdown(summary))
     if plots:
-        from .plots import plot_curves
+        from .plots import plot_curves, plot_savings_curve
 
         for axis, name in (("flops", PLOTS[0]), ("seconds", PLOTS[1])):
             plot_curves(summary, axis, out / name)
+        plot_savings_curve(summary, out / PLOTS[2])
     return summary

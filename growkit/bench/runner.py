@@ -17,6 +17,14 @@ taken, plus the final materialisation) and their wall time is the whole
 ``grow`` call; both are passed to the training loop as offsets, so the curves
 start at the operator's cost.
 
+With ``jobs > 1`` the runs go to that many worker processes (spawned, one CPU
+thread each, like a sequential run, unless ``threads`` says otherwise): first every seed's source, then
+every (seed, method) target of a seed whose source is ready. A run's result
+does not depend on ``jobs``: each one seeds itself, loads its source from disk
+and trains with the same settings as in a sequential run. Each run records the
+load average while it worked (:mod:`.load`), so wall times from a busy machine
+can be flagged. ``redo`` reruns finished runs.
+
 Under a multi-process launch every run is distributed (all processes take part
 in every fit and every training run, see :mod:`growkit.distributed`) and only
 rank 0 writes to OUT.
@@ -25,13 +33,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import shutil
+import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import distributed
 from ..api import grow
@@ -43,7 +57,9 @@ from ..fit import FitConfig, target_loss
 from ..flops import count_flops, flops_per_batch, measure_flops, params_count
 from ..io import load_pretrained, model_class
 from ..ops import get_method, methods as registered_methods
+from ..progress import lines_to, progress_bar
 from ..train import train
+from .load import LoadMonitor
 from .presets import Preset
 from .variants import Variant, parse_variant
 
@@ -63,9 +79,13 @@ class BenchSpec:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     seeds: list[int] = field(default_factory=lambda: [0])
     data: str | None = None  #: text file/folder, image folder or "digits"; None: the embedded default
-    progress: bool | None = False  #: tqdm bars for training and fitting
+    progress: bool | None = False  #: progress of training and fitting: a tqdm bar on a terminal (jobs 1), else lines
     keep_models: bool = False  #: keep every trained target's final model (else only the curves)
-    threads: int | None = None  #: torch CPU threads for the benchmark (None: torch's default)
+    #: torch CPU threads per process (None: 1). The thread count changes float sums in the last bits, so one
+    #: default for every ``jobs`` keeps a run's numbers independent of it.
+    threads: int | None = None
+    jobs: int = 1  #: worker processes for the runs (1: all in this process)
+    redo: bool = False  #: rerun finished runs instead of reusing them
 
     def settings(self) -> dict:
         """What every run's result depends on: the preset and the data.
@@ -183,43 +203,69 @@ class Runner:
         self.preset = spec.preset
         self.fingerprint = spec.fingerprint()
         self.trained: list[tuple[int, str]] = []
+        #: progress as log lines: a tqdm bar only works for one process on a terminal
+        self.lines = bool(spec.progress) and (spec.jobs > 1 or not sys.stderr.isatty())
 
     # --- the small model -------------------------------------------------------
     def source_dir(self, seed: int) -> Path:
         p = self.preset
         return self.out / f"source-{p.family}-{p.name}-seed{seed}"
 
+    def finished_source(self, seed: int) -> dict | None:
+        """The record of ``seed``'s finished source (None: not finished, or ``redo``)."""
+        folder = self.source_dir(seed)
+        if self.spec.redo or not (folder / DONE).is_file():
+            return None
+        record = json.loads((folder / "source.json").read_text())
+        if record.get("fingerprint") != self.fingerprint:
+            raise GrowError(f"{folder} was trained with other settings; delete it or choose another --out")
+        self.log(f"[seed {seed}] source: reusing {folder} (eval loss {record['eval_loss']:.4f})")
+        return record
+
     def source(self, seed: int, data: TaskData) -> tuple[torch.nn.Module, dict]:
         """The pretrained small model of ``seed`` (trained now, or loaded from its cache) and its record."""
+        record = self.finished_source(seed)
+        if record is None:
+            record = self.train_source(seed, data)
+        return load_pretrained(self.source_dir(seed) / "train" / "final"), record
+
+    def train_source(self, seed: int, data: TaskData) -> dict:
+        """Pretrain ``seed``'s small model into its folder; returns its record."""
         folder = self.source_dir(seed)
-        if (folder / DONE).is_file():
-            record = json.loads((folder / "source.json").read_text())
-            if record.get("fingerprint") != self.fingerprint:
-                raise GrowError(f"{folder} was trained with other settings; delete it or choose another --out")
-            self.log(f"[seed {seed}] source: reusing {folder} (eval loss {record['eval_loss']:.4f})")
-        else:
-            if distributed.is_main():
-                shutil.rmtree(folder, ignore_errors=True)
-                folder.mkdir(parents=True)
-            distributed.barrier()
-            config = _source_config(self.spec, data)
-            torch.manual_seed(seed)
-            model = model_class(config)(config)
-            budget = self.preset.source_budget
-            self.log(f"[seed {seed}] source {self.preset.source}: pretraining {budget.steps} steps")
-            cfg = budget.config(SOURCE_DATA_SEED + seed, self.preset.device, self.spec.progress)
+        if distributed.is_main():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        distributed.barrier()
+        config = _source_config(self.spec, data)
+        torch.manual_seed(seed)
+        model = model_class(config)(config)
+        budget = self.preset.source_budget
+        self.log(f"[seed {seed}] source {self.preset.source}: pretraining {budget.steps} steps")
+        cfg = budget.config(SOURCE_DATA_SEED + seed, self.preset.device, self.spec.progress)
+        with self.watch(seed, "source") as load:
             result = train(model, data, cfg, folder / "train")
-            if result.diverged_at is not None:
-                raise GrowError(f"the source's pretraining diverged at step {result.diverged_at}; lower the preset's lr")
-            record = {"seed": seed, "fingerprint": self.fingerprint, "size": str(self.preset.source),
-                      "params": params_count(config), "eval_loss": result.eval_loss, "flops": result.flops,
-                      "seconds": result.seconds, "steps": budget.steps, "history": result.history}
-            if distributed.is_main():
-                _write_json(folder / "source.json", record)
-                (folder / DONE).write_text("done\n")
-            self.log(f"[seed {seed}] source: eval loss {result.eval_loss:.4f}, {result.flops:.3g} FLOPs, "
-                     f"{result.seconds:.0f} s")
-        return load_pretrained(folder / "train" / "final"), record
+        if result.diverged_at is not None:
+            raise GrowError(f"the source's pretraining diverged at step {result.diverged_at}; lower the preset's lr")
+        record = {"seed": seed, "fingerprint": self.fingerprint, "size": str(self.preset.source),
+                  "params": params_count(config), "eval_loss": result.eval_loss, "flops": result.flops,
+                  "seconds": result.seconds, "steps": budget.steps, "load": load.record(),
+                  "threads": torch.get_num_threads(), "history": result.history}
+        if distributed.is_main():
+            _write_json(folder / "source.json", record)
+            (folder / DONE).write_text("done\n")
+        self.log(f"[seed {seed}] source: eval loss {result.eval_loss:.4f}, {result.flops:.3g} FLOPs, "
+                 f"{result.seconds:.0f} s")
+        return record
+
+    @contextmanager
+    def watch(self, seed: int, entry: str):
+        """Record the load average while a run works; progress lines (not bars) go to the log."""
+        with LoadMonitor() as load:
+            if self.lines:
+                with lines_to(lambda line: self.log(f"[seed {seed}] {entry}: {line}")):
+                    yield load
+            else:
+                yield load
 
     # --- one target run --------------------------------------------------------
     def run_dir(self, seed: int, method: str) -> Path:
@@ -246,22 +292,49 @@ class Runner:
 
         ``entry`` is a method or a variant of one (``mango+rank=2``).
         """
+        record = self.finished_target(seed, entry)
+        return record if record is not None else self.train_target(seed, entry, source, data)
+
+    def _variant(self, entry: str) -> tuple[Variant, bool, dict]:
+        """The entry's variant, whether its method is learned, and the settings its run depends on."""
         variant = self.spec.variant(entry)
-        method, options = variant.method, dict(variant.options)
-        learned = method != "scratch" and get_method(method).learned
-        settings = self.spec.run_settings(variant, learned)
+        learned = variant.method != "scratch" and get_method(variant.method).learned
+        return variant, learned, self.spec.run_settings(variant, learned)
+
+    def finished_target(self, seed: int, entry: str) -> dict | None:
+        """The record of a finished target run (None: not finished, or ``redo``); refuses other settings."""
+        variant, _, settings = self._variant(entry)
         folder = self.run_dir(seed, entry)
-        if (folder / DONE).is_file():
-            record = json.loads((folder / "run.json").read_text())
-            if record.get("fingerprint") != self.fingerprint:
-                raise GrowError(f"{folder} was run with other settings; delete it or choose another --out")
-            if record.get("run_settings", settings) != settings:
-                raise GrowError(
-                    f"{folder} was run with {record['run_settings']}, not {settings}; name the change as a "
-                    f"variant (e.g. {method}+fit_steps=300 or {method}+rank=2) or choose another --out"
-                )
-            self.log(f"[seed {seed}] {entry}: done before (eval loss {record['eval_loss']:.4f}); reusing")
-            return record
+        if self.spec.redo or not (folder / DONE).is_file():
+            return None
+        record = json.loads((folder / "run.json").read_text())
+        if record.get("fingerprint") != self.fingerprint:
+            raise GrowError(f"{folder} was run with other settings; delete it or choose another --out")
+        if record.get("run_settings", settings) != settings:
+            raise GrowError(
+                f"{folder} was run with {record['run_settings']}, not {settings}; name the change as a "
+                f"variant (e.g. {variant.method}+fit_steps=300 or {variant.method}+rank=2) or choose another --out"
+            )
+        self.log(f"[seed {seed}] {entry}: done before (eval loss {record['eval_loss']:.4f}); reusing")
+        return record
+
+    def train_target(self, seed: int, entry: str, source, data: TaskData) -> dict:
+        """Grow (or initialise) and train one target into its folder; returns its record."""
+        variant, learned, settings = self._variant(entry)
+        method, options = variant.method, dict(variant.options)
+        folder = self.run_dir(seed, entry)
+        with self.watch(seed, entry) as load:
+            record = self._grow_and_train(seed, entry, method, options, learned, settings, source, data)
+        record["load"] = load.record()
+        if distributed.is_main():
+            _write_json(folder / "run.json", record)
+            (folder / DONE).write_text("done\n")
+        self.trained.append((seed, entry))
+        return record
+
+    def _grow_and_train(self, seed: int, entry: str, method: str, options: dict, learned: bool, settings: dict,
+                        source, data: TaskData) -> dict:
+        folder = self.run_dir(seed, entry)
         if distributed.is_main():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
@@ -307,21 +380,21 @@ class Runner:
                   "run_settings": settings, "eval_loss": result.eval_loss,
                   "flops": result.flops, "seconds": result.seconds, "diverged_at": result.diverged_at,
                   "grow_seconds": grow_seconds, "fit_flops": fit_flops, "fit": fit, "options": options,
-                  "params": params_count(target_config), "train_flops_check": measured, "history": result.history}
-        if distributed.is_main():
-            _write_json(folder / "run.json", record)
-            (folder / DONE).write_text("done\n")
-        self.trained.append((seed, entry))
+                  "params": params_count(target_config), "train_flops_check": measured,
+                  "threads": torch.get_num_threads(), "history": result.history}
         self.log(f"[seed {seed}] {entry}: eval loss {result.eval_loss:.4f} after {cfg.steps} steps, "
                  f"{result.seconds:.0f} s" + (f" (diverged at step {result.diverged_at})" if result.diverged_at else ""))
         return record
 
     # --- everything ----------------------------------------------------------------
     def run(self) -> BenchResult:
+        if self.spec.jobs < 1:
+            raise GrowError(f"jobs must be at least 1, got {self.spec.jobs}")
         distributed.setup(resolve_device(self.preset.device))
+        if self.spec.jobs > 1 and distributed.launched():
+            raise GrowError("jobs > 1 runs the benchmark in worker processes; under torchrun/accelerate launch use jobs 1")
         threads = torch.get_num_threads()
-        if self.spec.threads:
-            torch.set_num_threads(self.spec.threads)
+        torch.set_num_threads(self.spec.threads or 1)
         try:
             return self._run()
         finally:
@@ -333,14 +406,16 @@ class Runner:
         for note in skipped.values():
             self.log(f"note: {note}")
         distributed.on_main(_check_settings, spec, self.out)
+        self.log("data: " + ("loading" if p.family == "vit" else "tokenising the corpus (the first time: training the BPE)"))
         data = distributed.main_first(lambda: load_data(spec, self.out))  # rank 0 saves the tokenizer, the others load it
-        runs: dict[int, dict[str, dict]] = {}
-        sources: dict[int, dict] = {}
-        config = None
-        for seed in spec.seeds:
-            source, sources[seed] = self.source(seed, data)
-            config = source.config
-            runs[seed] = {m: self.target(seed, m, source, data) for m in methods}
+        if spec.jobs > 1:
+            sources, runs = self._in_workers(methods)
+        else:
+            runs, sources = {}, {}
+            for seed in spec.seeds:
+                source, sources[seed] = self.source(seed, data)
+                runs[seed] = {m: self.target(seed, m, source, data) for m in methods}
+        config = _source_config(spec, data)
         target_config = p.target_config(config)
         info = {
             "family": p.family, "preset": p.name, "methods": methods, "seeds": list(spec.seeds),
@@ -351,7 +426,113 @@ class Runner:
         }
         return BenchResult(spec, self.out, runs, sources, skipped, info, list(self.trained))
 
+    def _in_workers(self, methods: list[str]) -> tuple[dict[int, dict], dict[int, dict[str, dict]]]:
+        """Every unfinished run in ``spec.jobs`` worker processes: the sources first, then each seed's targets.
+
+        The learned methods of a seed are queued first: they take longest, so the pool drains evenly.
+        With progress on a terminal a bar counts the finished runs, above which the log lines scroll.
+        """
+        spec = self.spec
+        sources: dict[int, dict] = {}
+        runs: dict[int, dict[str, dict]] = {seed: {} for seed in spec.seeds}
+        for seed in spec.seeds:
+            record = self.finished_source(seed)
+            if record is not None:
+                sources[seed] = record
+            for entry in methods:
+                record = self.finished_target(seed, entry)
+                if record is not None:
+                    runs[seed][entry] = record
+        order = sorted(methods, key=lambda m: m == "scratch" or not get_method(self.spec.variant(m).method).learned)
+        todo = {seed: [m for m in order if m not in runs[seed]] for seed in spec.seeds}
+        bar = progress_bar(len(spec.seeds) - len(sources) + sum(map(len, todo.values())), "runs",
+                           enabled=bool(spec.progress) and sys.stderr.isatty())
+
+        def log(line: str) -> None:
+            with tqdm.external_write_mode():  # the line goes above the bar
+                self.log(line)
+
+        context = multiprocessing.get_context("spawn")  # fork would copy this process's OpenMP state
+        queue = context.Queue()
+        relay = threading.Thread(target=_relay, args=(queue, log), daemon=True)
+        relay.start()
+        log(f"starting {spec.jobs} worker processes ({spec.threads or 1} thread(s) each)")
+        try:
+            with ProcessPoolExecutor(spec.jobs, mp_context=context, initializer=_start_worker,
+                                     initargs=(queue, spec.threads or 1)) as pool:
+                pending: dict[Future, tuple[int, str | None]] = {}
+
+                def queue_targets(seed: int) -> None:
+                    for entry in todo[seed]:
+                        pending[pool.submit(_target_job, spec, self.out, seed, entry)] = (seed, entry)
+
+                for seed in spec.seeds:
+                    if seed in sources:
+                        queue_targets(seed)
+                    else:
+                        pending[pool.submit(_source_job, spec, self.out, seed)] = (seed, None)
+                try:
+                    while pending:
+                        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            seed, entry = pending.pop(future)
+                            record = future.result()  # a worker's error is raised here
+                            bar.update()
+                            if entry is None:
+                                sources[seed] = record
+                                queue_targets(seed)
+                            else:
+                                runs[seed][entry] = record
+                                self.trained.append((seed, entry))
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)  # the queued runs never start
+                    raise
+        finally:
+            queue.put(None)
+            relay.join()
+            bar.close()
+        return sources, {seed: {m: runs[seed][m] for m in methods} for seed in spec.seeds}
+
+
+# --- worker processes (jobs > 1) ------------------------------------------------------
+_worker: dict = {}  #: per worker process: its log and the TaskData of each benchmark folder
+
+
+def _relay(queue, log: Callable[[str], None]) -> None:
+    """Hand the workers' log lines to the parent's log until a None arrives."""
+    for line in iter(queue.get, None):
+        log(line)
+
+
+def _start_worker(queue, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _worker["log"] = queue.put
+    _worker["data"] = {}
+
+
+def _worker_runner(spec: BenchSpec, out: Path) -> tuple[Runner, TaskData]:
+    """A Runner logging to the parent, and the benchmark's data (built once per worker; the tokenizer is on disk)."""
+    key = str(out)
+    if key not in _worker["data"]:
+        _worker["data"][key] = load_data(spec, out)
+    return Runner(spec, out, log=_worker["log"]), _worker["data"][key]
+
+
+def _source_job(spec: BenchSpec, out: Path, seed: int) -> dict:
+    runner, data = _worker_runner(spec, out)
+    return runner.train_source(seed, data)
+
+
+def _target_job(spec: BenchSpec, out: Path, seed: int, entry: str) -> dict:
+    runner, data = _worker_runner(spec, out)
+    source = load_pretrained(runner.source_dir(seed) / "train" / "final")
+    return runner.train_target(seed, entry, source, data)
+
 
 def run_bench(spec: BenchSpec, out: str | Path, log: Callable[[str], None] = print) -> BenchResult:
-    """Run (or resume) ``spec`` into ``out`` and return every run's record; see :mod:`growkit.bench.report`."""
+    """Run (or resume) ``spec`` into ``out`` and return every run's record; see :mod:`growkit.bench.report`.
+
+    With ``spec.jobs > 1`` the workers are spawned, so a script that calls this needs the usual
+    ``if __name__ == "__main__":`` guard (the workers import the script's module).
+    """
     return Runner(spec, Path(out), log).run()

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 AXES = ("step", "flops", "seconds")
+#: the savings curve's points: the losses scratch reaches at these fractions of its budget
+CURVE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass
@@ -121,6 +123,19 @@ def loss_at(xs: Sequence[float], losses: Sequence[float], x: float) -> float:
         if x <= x1:
             return l0 + (l1 - l0) * (x - x0) / (x1 - x0) if x1 > x0 else l1
     return losses[-1]
+
+
+def savings_curve(curve: Curve, scratch: Curve, fractions: Sequence[float] = CURVE_FRACTIONS) -> dict[float, float | None]:
+    """FLOP savings at the losses scratch reaches at each fraction of its budget (interpolated between evaluations).
+
+    At fraction 1 this is :func:`compare`'s savings. A head start that holds shows
+    level savings; one that fades, savings falling towards the end.
+    """
+    out = {}
+    for fraction in fractions:
+        target = loss_at(scratch.step, scratch.loss, fraction * scratch.step[-1])
+        out[fraction] = savings(first_reach(curve.flops, curve.loss, target), first_reach(scratch.flops, scratch.loss, target))
+    return out
 
 
 def convergence(curve: Curve, fraction: float = 0.2) -> float:

@@ -18,21 +18,25 @@ def add_parser(sub) -> None:
             "Pretrain a small model (or reuse the one cached in OUT), grow it into the preset's target with each\n"
             "method, train every target (and scratch: a fresh random init) with the same schedule and data order,\n"
             "and report the compute each needs to reach scratch's final eval loss, the operator's fit included.\n"
-            "OUT gets report.md, results.json, loss_vs_flops.png and loss_vs_seconds.png. A rerun skips finished\n"
-            "runs, so adding a method or a seed later trains only what is new.\n\n"
+            "OUT gets report.md, results.json (with paired differences against the best fixed baseline and the\n"
+            "savings curve), loss_vs_flops.png, loss_vs_seconds.png and savings_curve.png. A rerun skips finished\n"
+            "runs, so adding a method or a seed later trains only what is new (--redo reruns them). --jobs N\n"
+            "runs the method x seed runs in N worker processes, with the same results as one.\n\n"
             "presets: smoke (seconds; a pipeline check), tiny (2-core CPU, ~30 min per family and seed),\n"
-            "small (for a GPU: 6L/256 -> 12L/512)."
+            "tiny-long (gpt2, llama, bert: tiny with a 2500-step target budget), small (for a GPU: 6L/256 -> 12L/512)."
         ),
         epilog=(
             "examples:\n"
             "  growkit bench --family gpt2 --preset tiny --seeds 2 --out runs/bench-gpt2-tiny\n"
+            "  growkit bench --family gpt2 --preset tiny-long --seeds 3 --jobs 2 --progress\n"
             "  growkit bench --family vit --preset tiny --methods scratch,bert2bert,ligo --data digits\n"
             "  growkit bench --family gpt2 --preset tiny --methods scratch,mango,mango+rank=2,mango+fit_steps=300\n"
             "  growkit bench --family gpt2 --preset tiny --lr 1e-3 --out runs/bench-gpt2-tiny-lr1e-3"
         ),
     )
     p.add_argument("--family", choices=("gpt2", "bert", "vit", "llama"), default="gpt2", help="model family (default gpt2)")
-    p.add_argument("--preset", choices=("smoke", "tiny", "small"), default="tiny", help="sizes and budgets (default tiny)")
+    p.add_argument("--preset", choices=("smoke", "tiny", "tiny-long", "small"), default="tiny",
+                   help="sizes and budgets (default tiny)")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated methods, or variants such as mango+rank=2 or ligo+fit_steps=300 "
                    f"(fit_steps, fit_lr or a grow() option); scratch always runs (default {DEFAULT_METHODS})")
@@ -51,10 +55,16 @@ def add_parser(sub) -> None:
     g.add_argument("--option", action="append", default=[], metavar="METHOD:KEY=VALUE",
                    help="a grow() option for one method, e.g. mango:rank=2 or ligo:init=stackbert (repeatable)")
     g.add_argument("--device", choices=("cpu", "auto"), help="training device (default: the preset's; small uses auto)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default torch's; 1 is faster on a busy machine)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes for the runs (each seed's source, then every method x seed); results do "
+                   "not depend on it (default 1: all in this process)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads per process (default 1: the numbers then do not depend on --jobs)")
+    p.add_argument("--redo", action="store_true", help="rerun finished runs instead of reusing them")
     p.add_argument("--keep-models", action="store_true", help="keep every trained target model (default: curves only)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--progress", action="store_true", help="show progress bars for training and fitting")
+    p.add_argument("--progress", action="store_true",
+                   help="show progress of training and fitting: a bar on a terminal with --jobs 1, else a line every 10 s")
     p.set_defaults(func=run)
 
 
@@ -115,14 +125,16 @@ def build_spec(args: argparse.Namespace):
         raise GrowError(f"--option names {unused[0]}, which is not in --methods")
     if args.threads is not None and args.threads < 1:
         raise GrowError("--threads must be at least 1")
+    if args.jobs < 1:
+        raise GrowError("--jobs must be at least 1")
     return BenchSpec(preset, methods=methods, seeds=parse_seeds(args.seeds), data=args.data,
-                     progress=bool(args.progress),
-                     threads=args.threads, keep_models=args.keep_models)
+                     progress=bool(args.progress), threads=args.threads, keep_models=args.keep_models,
+                     jobs=args.jobs, redo=args.redo)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import run_bench
-    from ..bench.report import text_table, warnings, write_report
+    from ..bench.report import PLOTS, text_paired, text_table, warnings, write_report
 
     from .. import distributed
     from ..device import resolve_device
@@ -138,10 +150,13 @@ def run(args: argparse.Namespace) -> int:
     summary = write_report(result, plots=not args.no_plots)
     print()
     print(text_table(summary))
+    paired = text_paired(summary)
+    if paired:
+        print(f"\n{paired}")
     for line in warnings(summary):
         print(f"warning: {line}")
     print(f"\n{len(result.trained)} runs trained now, the rest reused; {time.perf_counter() - start:.0f} s")
     print(f"report: {out / 'report.md'}")
     if not args.no_plots:
-        print(f"plots:  {out / 'loss_vs_flops.png'}, {out / 'loss_vs_seconds.png'}")
+        print(f"plots:  {', '.join(str(out / name) for name in PLOTS)}")
     return 0
