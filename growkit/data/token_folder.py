@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,7 @@ class TokenCorpus:
                                 f"({count * self.dtype.itemsize} bytes) but has {max(size, 0)} bytes; tokenize again")
         if int(self.counts.sum()) != self.heldout.total:
             raise GrowError(f"{path} counts {self.heldout.total} tokens but its shards hold {int(self.counts.sum())}")
-        self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @property
     def total(self) -> int:
@@ -149,11 +150,15 @@ class TokenCorpus:
     def tokenizer_digest(self) -> str:
         return self.index["tokenizer"]["digest"]
 
-    def _map(self, shard: int) -> np.memmap:
+    def _map(self, shard: int) -> np.ndarray:
+        """The shard's tokens, memory-mapped read-only for random access (no read-ahead around each window)."""
         if shard in self._maps:
             self._maps.move_to_end(shard)
         else:
-            self._maps[shard] = np.memmap(self.files[shard], dtype=self.dtype, mode="r")
+            with self.files[shard].open("rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            mapped.madvise(mmap.MADV_RANDOM)
+            self._maps[shard] = np.frombuffer(mapped, dtype=self.dtype)
             if len(self._maps) > OPEN_SHARDS:
                 self._maps.popitem(last=False)
         return self._maps[shard]
