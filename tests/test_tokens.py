@@ -196,3 +196,13 @@ def test_a_tokens_folder_of_another_tokenizer_or_too_short_is_refused(tmp_path, 
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(GrowError, match="is damaged: 00001.bin"):
         build_task_data("gpt2", path=tmp_path / "tokens", seq_len=16, batch_size=4)
+
+
+def test_grow_fits_on_a_tokens_folder(tmp_path, text, model_dir, capsys):
+    corpus, _ = _corpus(tmp_path / "corpus", text)
+    tokenize_corpus(corpus, model_dir, tmp_path / "tokens", eval_fraction=0.1)
+    argv = ["grow", str(model_dir), str(tmp_path / "big"), "--method", "ligo", "--layers", "3", "--steps", "2",
+            "--data", str(tmp_path / "tokens"), "--seq-len", "16", "--batch-size", "4"]
+    assert main(argv) == 0
+    assert "fit 2 steps" in capsys.readouterr().out
+    assert load_tokenizer(tmp_path / "big").get_vocab() == load_tokenizer(model_dir).get_vocab()

@@ -1,7 +1,7 @@
 """``growkit tokenize``: a corpus streamed through a model's tokenizer into a tokens folder, once.
 
 Every source file becomes one shard, written by one worker process in bounded
-memory (a piece of about a megabyte of text at a time). A shard is whole once
+memory (a few megabytes of text at a time). A shard is whole once
 its record (``shards/NNNNN.json``) exists, so a rerun of an interrupted job
 tokenizes only the files it had not finished. The index is written last.
 See :mod:`growkit.data.token_folder` for the layout.
