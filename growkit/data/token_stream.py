@@ -1,8 +1,8 @@
-"""Batches drawn from a tokens folder: windows at seeded random offsets, read from the memory maps.
+"""Batches drawn from a tokens folder: windows at seeded random offsets, read from the shard files.
 
 Nothing of the corpus is loaded: a batch reads ``batch_size`` windows from the
-shards, so memory does not grow with the corpus, and every process of a run maps
-the same files. Batch ``step`` of seed ``s`` depends on ``(s, step)`` only, so
+shards (through the page cache that every process of a run shares), so memory
+does not grow with the corpus and no process holds a copy of it. Batch ``step`` of seed ``s`` depends on ``(s, step)`` only, so
 every process draws the same global batch, and a resumed run starts at its step
 without replaying anything. The evaluation windows are fixed, spread over the
 held-out blocks (see :class:`~growkit.data.token_folder.HeldOut`).
