@@ -144,14 +144,10 @@ class TokenCorpus:
         return self.heldout.total
 
     @property
-    def eos_id(self) -> int:
-        return int(self.index["tokenizer"]["eos_id"])
-
-    @property
     def tokenizer_digest(self) -> str:
         return self.index["tokenizer"]["digest"]
 
-    def _file(self, shard: int):
+    def _file(self, shard: int) -> BinaryIO:
         """The shard, open for positioned reads (at most ``OPEN_SHARDS`` files stay open)."""
         if shard in self._files:
             self._files.move_to_end(shard)
