@@ -35,7 +35,7 @@ from transformers import PreTrainedModel
 from . import distributed
 from .checkpoint import all_finite, atomic_write_text, digest_tensors, numbered, prune, rng_state, set_rng_state
 from .core.errors import GrowError
-from .data import TaskData
+from .data import TaskData, TokenTaskData
 from .device import resolve_device, training_precision, use_attention
 from .flops import batch_tokens, flops_per_batch
 from .io import STATE_FILE, load_pretrained, load_training_state, save_pretrained
@@ -213,7 +213,7 @@ def _restore(model: torch.nn.Module, folder: Path) -> None:
 
 def train(
     model: PreTrainedModel,
-    data: TaskData,
+    data: TaskData | TokenTaskData,
     cfg: TrainConfig,
     out_dir: Path | None = None,
     *,

@@ -21,7 +21,7 @@ from growkit.arch.tiny import tiny_model
 from growkit.checkpoint import load_state
 from growkit.cli import main
 from growkit.core.errors import GrowError
-from growkit.data import embedded_text
+from growkit.data import embedded_text, tokenize_corpus, train_bpe
 from growkit.device import attn_implementation, autocast_context, precision, resolve_device
 from growkit.io import STATE_FILE, save_pretrained
 from growkit.ops import get_method
@@ -237,3 +237,30 @@ def test_two_processes_match_one(tmp_path, capsys):
     state = load_state(tmp_path / "trained2" / "checkpoint-2" / STATE_FILE)
     assert len(state["rng_ranks"]) == 2  # every process's RNG, for an exact resume with dropout
     assert time.perf_counter() - start < 240
+
+
+def test_two_processes_match_one_on_a_tokens_folder(tmp_path, capsys):
+    """A tokens folder streamed by 2 processes (each drawing the global batch at the step's seeded offsets) trains
+    the same model as one process, within 1e-5, and both runs name the data by the same index digest."""
+    tokenizer = train_bpe(embedded_text(100_000), VOCAB)
+    save_pretrained(tiny_model("gpt2", vocab_size=VOCAB), tmp_path / "small", tokenizer)
+    (tmp_path / "text.txt").write_text(embedded_text(60_000), encoding="utf-8")
+    tokenize_corpus(tmp_path / "text.txt", tmp_path / "small", tmp_path / "tokens", eval_fraction=0.1)
+    train = ["train", "small", "--data", "tokens", "--seq-len", "16", "--batch-size", "4", "--steps", "4",
+             "--eval-every", "2", "--checkpoint-every", "2", "--no-progress", "--out"]
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        assert main([*train, "one"]) == 0
+    finally:
+        os.chdir(cwd)
+    capsys.readouterr()
+    _torchrun([*train, "two"], tmp_path)
+    _assert_close_weights(tmp_path / "one" / "final", tmp_path / "two" / "final")
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [0, 1, 2, 3, 4]
+    for a, b in zip(one, two):
+        for key in ("loss", "eval_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    assert json.loads((tmp_path / "two" / "run.json").read_text()) == json.loads((tmp_path / "one" / "run.json").read_text())

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from growkit.arch.tiny import tiny_model
 from growkit.checkpoint import load_state, save_state
 from growkit.cli import main
-from growkit.data import build_task_data, embedded_text, train_bpe
+from growkit.data import build_task_data, embedded_text, tokenize_corpus, train_bpe
 from growkit.io import save_pretrained
 
 VOCAB = 512
@@ -113,6 +113,22 @@ def test_ligo_grow_killed_and_rerun_equals_an_uninterrupted_run(work, capsys, mo
     assert resumed.out.replace("big", "ref-big").replace("ref-ref-big", "ref-big") == reference
     _assert_same_weights(work / "ref-big", work / "big")
     assert not (work / "big.partial").exists()  # checkpoints are removed once the model is written
+
+
+def test_train_on_a_tokens_folder_killed_and_rerun_equals_an_uninterrupted_run(work, capsys, monkeypatch):
+    """Streamed batches depend on (seed, step) only, so a resumed run continues the same data order bit-exactly."""
+    save_pretrained(tiny_model("gpt2", vocab_size=VOCAB), work / "small-bpe", train_bpe(embedded_text(60_000), VOCAB))
+    tokenize_corpus(work / "text.txt", work / "small-bpe", work / "tokens", eval_fraction=0.1)
+    args = ["train", "small-bpe", *COMMON, "--data", "tokens", "--steps", "60", "--eval-every", "10",
+            "--checkpoint-every", "5", "--no-progress"]
+    monkeypatch.chdir(work)
+    assert main([*args, "--out", "tokens-ref"]) == 0
+    seed = _kill_mid_run([*args, "--out", "tokens-run"], work, "tokens-run/checkpoint-*", every=5)
+    capsys.readouterr()
+    assert main([*args, "--out", "tokens-run"]) == 0
+    assert "resuming from step" in capsys.readouterr().err, f"GROWKIT_KILL_SEED={seed}"
+    _assert_same_weights(work / "tokens-ref" / "final", work / "tokens-run" / "final")
+    assert _metrics(work / "tokens-ref") == _metrics(work / "tokens-run"), f"GROWKIT_KILL_SEED={seed}"
 
 
 def test_a_different_command_does_not_resume_another_runs_checkpoint(work, capsys, monkeypatch):

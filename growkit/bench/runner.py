@@ -51,7 +51,7 @@ from .. import distributed
 from ..api import grow
 from ..arch import adapter_for
 from ..core.errors import GrowError
-from ..data import TaskData, build_task_data, embedded_text, load_tokenizer, read_text, train_bpe
+from ..data import TaskData, TokenTaskData, build_task_data, embedded_text, is_token_folder, load_tokenizer, read_text, train_bpe
 from ..device import resolve_device
 from ..fit import FitConfig, target_loss
 from ..flops import count_flops, flops_per_batch, measure_flops, params_count
@@ -169,7 +169,7 @@ def _check_settings(spec: BenchSpec, out: Path) -> None:
         _write_json(path, settings)
 
 
-def load_data(spec: BenchSpec, out: Path) -> TaskData:
+def load_data(spec: BenchSpec, out: Path) -> TaskData | TokenTaskData:
     """The benchmark's TaskData; the tokenizer is trained once and kept in OUT/tokenizer."""
     p = spec.preset
     if p.family == "vit":
@@ -178,6 +178,9 @@ def load_data(spec: BenchSpec, out: Path) -> TaskData:
                                eval_batches=p.eval_batches, eval_fraction=p.eval_fraction, seed=0)
     if spec.data == "digits":
         raise GrowError("'digits' is image data, for --family vit; text families take a text file or folder")
+    if spec.data and is_token_folder(spec.data):  # streamed from disk, with the folder's tokenizer and split
+        return build_task_data(p.family, path=spec.data, seq_len=p.seq_len, batch_size=p.batch_size,
+                               eval_batches=p.eval_batches, seed=0)
     text = read_text(spec.data) if spec.data else embedded_text(p.text_chars)
     tok_dir = out / "tokenizer"
     if (tok_dir / "tokenizer.json").is_file():

@@ -20,7 +20,7 @@ import sys
 
 from ..core.errors import GrowError
 
-COMMANDS = ("grow", "inspect", "methods", "train", "bench", "demo")
+COMMANDS = ("grow", "inspect", "methods", "train", "bench", "tokenize", "demo")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
                    f"(fit_steps, fit_lr or a grow() option); scratch always runs (default {DEFAULT_METHODS})")
     p.add_argument("--seeds", default="1", help="number of seeds (0..N-1), or a comma-separated list such as 0,3 (default 1)")
     p.add_argument("--out", type=Path, help="output folder (default runs/bench-<family>-<preset>)")
-    p.add_argument("--data", help="text file or folder (gpt2, bert, llama); 'digits' or a class-per-folder image "
+    p.add_argument("--data", help="text file or folder, or a tokens folder from `growkit tokenize` (gpt2, bert, "
+                   "llama); 'digits' or a class-per-folder image "
                    "tree (vit); default: the embedded corpus, or digits for vit")
     g = p.add_argument_group("overrides (the training ones change every run, so use a new --out; to vary one "
                              "method's fit or options inside a benchmark, add a variant to --methods instead)")

@@ -113,11 +113,19 @@ def resume_hint(folder: Path, step: int | None) -> str:
 
 
 def data_digest(data) -> str:
-    """What a run's data is: its examples and eval batches (tokenised, so the tokenizer counts too)."""
+    """What a run's data is: its examples and eval batches (tokenised, so the tokenizer counts too).
+
+    A tokens folder is named by the digest of its index (which holds every
+    shard's sha256 and the tokenizer's), not by reading gigabytes of tokens.
+    """
     import torch
 
     from ..checkpoint import digest_tensors
+    from ..data import TokenTaskData
 
+    if isinstance(data, TokenTaskData):
+        return digest_tensors({"index": torch.frombuffer(bytearray(bytes.fromhex(data.corpus.digest)), dtype=torch.uint8),
+                               "eval": data.eval_batches, "batch_size": torch.tensor(data.batch_size)})
     return digest_tensors({"train": data.examples, "eval": data.eval_batches, "batch_size": torch.tensor(data.batch_size)})
 
 
@@ -136,8 +144,8 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("data (learned methods)")
     group.add_argument(
         "--data",
-        help="text file or folder (GPT-2, BERT, Llama), a local HF datasets folder, `digits` or an image "
-        "folder (ViT); default: the embedded offline corpus, or digits for ViT",
+        help="text file or folder, a local HF datasets folder or a tokens folder from `growkit tokenize` (GPT-2, "
+        "BERT, Llama); `digits` or an image folder (ViT); default: the embedded offline corpus, or digits for ViT",
     )
     group.add_argument("--batch-size", type=int, help="batch size (default: 16)")
     group.add_argument("--seq-len", type=int, help="tokens per sequence (default: 128, or the model's positions if fewer)")

@@ -56,7 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR", type=Path, help="folder written by save_pretrained")
     p.add_argument("--out", required=True, type=Path, help="new or empty output folder")
     p.add_argument(
-        "--data", help="a .txt/.md file or folder or a saved HF datasets folder (text models); "
+        "--data", help="a .txt/.md file or folder, a saved HF datasets folder, or a tokens folder from "
+        "`growkit tokenize`, streamed from disk (text models); "
         "'digits' or a class-per-folder image tree (ViT); default: the built-in corpus, or digits for ViT",
     )
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")

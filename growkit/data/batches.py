@@ -18,35 +18,10 @@ from transformers import PretrainedConfig, PreTrainedTokenizerFast
 from ..core.errors import GrowError
 from .corpus import embedded_text, read_text
 from .images import digits, image_folder
+from .model_batches import KIND, Batch, Masker, eval_set, frame, masker_for, model_batch, spread
+from .token_folder import is_token_folder
+from .token_stream import token_task_data
 from .tokenizer import check_vocab, encode, train_bpe
-
-Batch = dict[str, torch.Tensor]
-KIND = {"gpt2": "causal", "llama": "causal", "bert": "mlm", "vit": "image"}
-MLM_PROB, MASK_FRAC, RANDOM_FRAC = 0.15, 0.8, 0.1
-
-
-@dataclass(frozen=True)
-class Masker:
-    """BERT's masking: 15% of ordinary tokens are predicted; of those 80% -> [MASK], 10% random, 10% kept."""
-
-    mask_id: int
-    vocab_size: int
-    special_ids: tuple[int, ...]
-
-    def __call__(self, ids: torch.Tensor, generator: torch.Generator) -> Batch:
-        chosen = torch.rand(ids.shape, generator=generator) < MLM_PROB
-        chosen &= ~torch.isin(ids, torch.tensor(self.special_ids))
-        action = torch.rand(ids.shape, generator=generator)
-        random_ids = torch.randint(self.vocab_size, ids.shape, generator=generator)
-        inputs = torch.where(chosen & (action < MASK_FRAC), self.mask_id, ids)
-        inputs = torch.where(chosen & (action >= MASK_FRAC) & (action < MASK_FRAC + RANDOM_FRAC), random_ids, inputs)
-        return {
-            "input_ids": inputs,
-            "attention_mask": torch.ones_like(ids),
-            "token_type_ids": torch.zeros_like(ids),
-            "labels": torch.where(chosen, ids, -100),
-        }
-
 
 @dataclass
 class TaskData:
@@ -71,11 +46,7 @@ class TaskData:
 
     def to_batch(self, examples: Batch, generator: torch.Generator) -> Batch:
         """The model-ready batch (labels, masks) for some stacked examples."""
-        if self.masker is not None:
-            return self.masker(examples["input_ids"], generator)
-        if "input_ids" in examples:
-            return {"input_ids": examples["input_ids"], "labels": examples["input_ids"]}
-        return dict(examples)
+        return model_batch(examples, self.masker, generator)
 
     def train_batches(self, seed: int = 0, start: int = 0) -> Iterator[Batch]:
         """Endless full batches, the same sequence for the same ``seed``; each epoch is a new shuffle.
@@ -114,11 +85,6 @@ def _windows(ids: torch.Tensor, length: int) -> torch.Tensor:
     return ids[: n * length].view(n, length)
 
 
-def _spread(n: int, count: int) -> torch.Tensor:
-    """At most ``count`` indices evenly spaced over ``range(n)``, so a small eval set covers the whole split."""
-    return torch.arange(n) if n <= count else torch.linspace(0, n - 1, count).round().long()
-
-
 def _finish(data: TaskData, eval_examples: Batch, eval_batches: int, seed: int, unit: str) -> TaskData:
     """Pick the eval examples, build the fixed eval batches, and refuse data too small to use."""
     n_eval = len(next(iter(eval_examples.values())))
@@ -129,11 +95,8 @@ def _finish(data: TaskData, eval_examples: Batch, eval_batches: int, seed: int, 
         )
     if n_eval < 1:
         raise GrowError(f"the data is too small to hold out any evaluation {unit}; use more data")
-    keep = _spread(n_eval, eval_batches * data.batch_size)
-    generator = torch.Generator().manual_seed(seed)
-    data.eval_batches = [
-        data.to_batch({k: v[rows] for k, v in eval_examples.items()}, generator) for rows in keep.split(data.batch_size)
-    ]
+    keep = spread(n_eval, eval_batches * data.batch_size)
+    data.eval_batches = eval_set({k: v[keep] for k, v in eval_examples.items()}, data.batch_size, data.masker, seed)
     data.info.update(train=data.num_train, eval=len(keep), unit=unit)
     return data
 
@@ -144,15 +107,10 @@ def _text_task(family, text, tokenizer, seq_len, batch_size, eval_fraction, eval
     splits = ids[: len(ids) - n_eval], ids[len(ids) - n_eval :]
     masker = None
     if KIND[family] == "mlm":
-        missing = [name for name in ("mask_token", "cls_token", "sep_token") if getattr(tokenizer, name) is None]
-        if missing:
-            raise GrowError(f"BERT's masked-LM objective needs a tokenizer with a {', '.join(missing)}")
-        masker = Masker(tokenizer.mask_token_id, len(tokenizer), tuple(tokenizer.all_special_ids))
-        cls, sep = torch.tensor([tokenizer.cls_token_id]), torch.tensor([tokenizer.sep_token_id])
+        masker = masker_for(tokenizer)
 
-        def rows(part: torch.Tensor) -> torch.Tensor:  # [CLS] body [SEP]
-            body = _windows(part, seq_len - 2)
-            return torch.cat([cls.expand(len(body), 1), body, sep.expand(len(body), 1)], dim=1)
+        def rows(part: torch.Tensor) -> torch.Tensor:
+            return frame(_windows(part, seq_len - 2), tokenizer)
 
     else:
 
@@ -206,6 +164,8 @@ def build_task_data(
     Text comes from ``text``, else ``path`` (see :func:`read_text`), else the
     embedded corpus; the last ``eval_fraction`` of its tokens is held out and at
     most ``eval_batches`` batches of it, spread over the split, form the eval set.
+    A ``path`` that is a tokens folder (``growkit tokenize``) is streamed from
+    disk instead, with the held-out split recorded in it (see :func:`token_task_data`).
     Without a ``tokenizer`` a byte-level BPE of ``vocab_size`` (capped at the
     model's) is trained on the text. ViT uses the digits (or an image folder at
     ``path``), shuffled once before the split. Given a ``config``, sizes
@@ -235,6 +195,9 @@ def build_task_data(
         limit = _max_positions(config)
         if limit is not None and seq_len > limit:
             raise GrowError(f"seq_len={seq_len} exceeds the model's {limit} positions")
+    if text is None and path is not None and is_token_folder(path):
+        return token_task_data(family, path, tokenizer=tokenizer, config=config, seq_len=seq_len,
+                               batch_size=batch_size, eval_batches=eval_batches, seed=seed)
     if text is None:
         text = read_text(path) if path is not None else embedded_text()
     if tokenizer is None:

@@ -57,7 +57,7 @@ def _read_file(path: Path) -> str:
         raise GrowError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); convert it to UTF-8") from None
 
 
-def _is_hf_dataset(folder: Path) -> bool:
+def is_hf_dataset(folder: Path) -> bool:
     return any((folder / name).exists() for name in ("dataset_info.json", "dataset_dict.json", "state.json"))
 
 
@@ -90,7 +90,7 @@ def read_text(path: str | Path) -> str:
     if not path.exists():
         raise GrowError(f"data path {path} does not exist")
     if path.is_dir():
-        if _is_hf_dataset(path):
+        if is_hf_dataset(path):
             text = _read_hf_dataset(path)
         else:
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
