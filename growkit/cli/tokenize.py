@@ -8,7 +8,7 @@ from pathlib import Path
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "tokenize",
-        help="tokenize a corpus once into memory-mapped shards (for --data of train, grow and bench)",
+        help="tokenize a corpus once into shards of token ids (for --data of train, grow and bench)",
         description=(
             "Stream DATA through the tokenizer of MODEL_DIR into TOKENS_DIR: one shard of token ids per source\n"
             "file (uint16 when the vocabulary fits, else uint32), every document ended by the end-of-text token,\n"
