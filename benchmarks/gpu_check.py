@@ -100,6 +100,20 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def time_steps(step: Callable[[], object], warmup: int, steps: int) -> tuple[float, float]:
+    """(seconds of the ``warmup`` steps, seconds per step of the ``steps`` timed after them), device synced."""
+    begin = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync()
+    warm = time.perf_counter() - begin
+    begin = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return warm, (time.perf_counter() - begin) / steps
+
+
 def env_python() -> dict:
     """The environment for a child process that must import this checkout's growkit."""
     paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
@@ -204,16 +218,7 @@ def step_rate(config, batch: int, seq: int, compiled: bool, warmup: int, steps: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    begin = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync()
-    warm = time.perf_counter() - begin
-    begin = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    seconds = (time.perf_counter() - begin) / steps
+    warm, seconds = time_steps(step, warmup, steps)
     tokens = batch * seq / seconds
     return {"tokens_per_s": round(tokens), "step_ms": round(seconds * 1e3, 2), "warmup_s": round(warm, 1),
             "tflops": tokens * train_flops_per_token(config, seq) / 1e12,
@@ -293,16 +298,6 @@ def mango(check: Check, deadline: float) -> dict:
     batch = {"input_ids": ids, "labels": ids}
     warmup, steps = (1, 2) if dry else (2, 5)
 
-    def timed(step: Callable[[], float], warm: int = warmup) -> float:
-        for _ in range(warm):
-            step()
-        sync()
-        begin = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        return (time.perf_counter() - begin) / steps
-
     optimizer = torch.optim.AdamW(template.parameters(), lr=1e-4, fused=dev.type == "cuda")
 
     def plain_step() -> float:
@@ -313,7 +308,7 @@ def mango(check: Check, deadline: float) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    plain = timed(plain_step)
+    plain = time_steps(plain_step, warmup, steps)[1]
     del optimizer
     check.say(f"GPT-2 {small.n_layer}L/{small.n_embd} -> {target.n_layer}L/{target.n_embd}, batch {batch_size} x {seq}: "
               f"plain training step {plain * 1e3:.1f} ms")
@@ -337,7 +332,7 @@ def mango(check: Check, deadline: float) -> dict:
             opt.step()
             return loss.item()
 
-        seconds = timed(fit_step, warm=1)
+        seconds = time_steps(fit_step, 1, steps)[1]
         row = {"fit_step_ms": round(seconds * 1e3, 1), "ratio_to_plain": round(seconds / plain, 2),
                "operator_params": sum(p.numel() for p in params), "build_and_warmup_s": round(time.perf_counter() - began - steps * seconds, 1)}
         if dev.type == "cuda":
