@@ -474,3 +474,23 @@ def test_every_core_gets_gradients_at_a_rank_above_the_start():
     functional_call(template, params, args=(), kwargs=batch, strict=False).loss.backward()
     for name, core in op.named_parameters():
         assert (core.grad[1, :, :, 1] != 0).any(), name  # the extra ring slice learns
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_keep_split_silences_the_new_copies_and_keeps_the_function(family):
+    model, adapter, src, config = _grown(family, {"hidden_size": 64, "num_hidden_layers": 4})
+    tgt = adapter.dims(config)
+    even = MangoOperator(src, tgt, init="exact", noise=0.0).materialize()
+    op = MangoOperator(src, tgt, init="exact", noise=0.0, split="keep")
+    keep = op.materialize()
+    f1 = src.dims.ffn
+    assert keep.tensors["layer.mlp_out"][:, f1:].abs().max() == 0  # new FFN units write nothing yet
+    assert keep.tensors["layer.mlp_out"][:, :f1].abs().max() > 0
+    mlp_in = keep.tensors["layer.mlp_in"]  # new units read what their source unit reads
+    assert torch.equal(mlp_in[..., f1:], mlp_in[..., : tgt.ffn - f1])
+    assert (mlp_in - even.tensors["layer.mlp_in"]).abs().max() > 0  # the residual's copies are read once
+    inputs = model_inputs(model)
+    big = adapter.from_canonical(keep, config, type(model))
+    assert (logits(big, inputs) - logits(model, inputs)).abs().max() < 1e-5  # big is built in fp32
+    with pytest.raises(GrowError, match="split must be one of"):
+        MangoOperator(src, tgt, split="half")

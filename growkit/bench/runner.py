@@ -107,6 +107,7 @@ class BenchSpec:
         if learned:
             settings["fit_steps"] = variant.fit.get("fit_steps", self.preset.fit_steps)
             settings["fit_lr"] = variant.fit.get("fit_lr", self.preset.fit_lr)
+            settings["fit_patience"] = variant.fit.get("fit_patience", FitConfig.patience)
         return settings
 
     def fingerprint(self) -> str:
@@ -274,8 +275,10 @@ class Runner:
     def run_dir(self, seed: int, method: str) -> Path:
         return self.out / f"seed{seed}" / method
 
-    def _fit_flops(self, source, target_config, method: str, data: TaskData, seed: int, options: dict) -> tuple[float, float]:
-        """Measured FLOPs of one fit step (materialise, target forward, backward) and of one materialisation."""
+    def _fit_flops(self, source, target_config, method: str, data: TaskData, seed: int,
+                   options: dict) -> tuple[float, float, float]:
+        """Measured FLOPs of one fit step (materialise, target forward, backward), one materialisation and one
+        held-out forward of the target (a batch, weights given)."""
         adapter = adapter_for(source)
         operator = get_method(method).build(adapter.to_canonical(source), adapter.dims(target_config), seed=seed, **options)
         template = adapter.from_canonical(operator.materialize(), target_config, type(source))
@@ -288,7 +291,8 @@ class Runner:
         per_step = count_flops(step)
         with torch.no_grad():
             materialise = count_flops(operator)
-        return per_step, materialise
+            forward = count_flops(lambda: template(**batch))
+        return per_step, materialise, forward
 
     def target(self, seed: int, entry: str, source, data: TaskData) -> dict:
         """Grow (or initialise) and train one target; reuse a finished run.
@@ -350,17 +354,21 @@ class Runner:
             model = model_class(target_config)(target_config)
             grow_seconds, fit_flops = 0.0, 0.0
         elif learned:
-            per_step, materialise = self._fit_flops(source, target_config, method, data, seed, options)
-            fit_steps, fit_lr = settings["fit_steps"], settings["fit_lr"]
-            fit_config = FitConfig(steps=fit_steps, lr=fit_lr, progress=bool(self.spec.progress), device=p.device)
+            per_step, materialise, forward = self._fit_flops(source, target_config, method, data, seed, options)
+            fit_steps, fit_lr, patience = settings["fit_steps"], settings["fit_lr"], settings["fit_patience"]
+            fit_config = FitConfig(steps=fit_steps, lr=fit_lr, progress=bool(self.spec.progress), device=p.device,
+                                   patience=patience, eval_every=FitConfig.eval_every if patience else 0)
             self.log(f"[seed {seed}] {entry}: fitting the operator for {fit_steps} steps")
             start = time.perf_counter()
             model, result = grow(source, target_config, method, seed=seed, data=data, fit_config=fit_config,
                                  return_fit=True, **options)
             grow_seconds = time.perf_counter() - start
-            steps = len(result.losses)
-            fit_flops = per_step * steps + materialise
+            steps, checks = len(result.losses), len(result.held_out)
+            per_check = materialise + forward * fit_config.eval_batches  # the held-out check's cost
+            fit_flops = per_step * steps + materialise + per_check * checks
             fit = {"steps": steps, "lr": fit_lr, "flops": fit_flops, "flops_per_step": per_step,
+                   "flops_materialise": materialise, "flops_per_check": per_check,
+                   "held_out": result.held_out, "best_step": result.best_step, "stopped_at": result.stopped_at,
                    "seconds": grow_seconds, "fit_loop_seconds": result.seconds, "losses": result.losses,
                    "diverged_at": result.diverged_at, "options": options}
             self.log(f"[seed {seed}] {entry}: fit loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f} "

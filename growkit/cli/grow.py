@@ -38,9 +38,10 @@ SIZE_FLAGS = {
 }
 #: the options only a fixed method uses, and those only a learned method's fit uses (besides its own ``options``)
 FIXED_OPTIONS = ("width", "depth")
-FIT_OPTIONS = ("steps", "lr", "checkpoint_every", "device", "data", "batch_size", "seq_len")
+FIT_OPTIONS = ("steps", "lr", "patience", "checkpoint_every", "device", "data", "batch_size", "seq_len")
 #: what a learned method's fit uses when the options are not given
-FIT_DEFAULTS = {"steps": FitConfig.steps, "lr": FitConfig.lr, "device": "auto", "batch_size": 16}
+FIT_DEFAULTS = {"steps": FitConfig.steps, "lr": FitConfig.lr, "patience": FitConfig.patience, "device": "auto",
+                "batch_size": 16}
 
 
 def add_parser(sub) -> None:
@@ -78,8 +79,15 @@ def add_parser(sub) -> None:
     learned = p.add_argument_group("learned methods (ligo, mango; a fixed method refuses these)")
     learned.add_argument("--steps", type=int, help=f"fit steps (default: {FIT_DEFAULTS['steps']})")
     learned.add_argument("--lr", type=float, help=f"the operator's learning rate (default: {FIT_DEFAULTS['lr']})")
+    learned.add_argument("--patience", type=int,
+                         help=f"stop the fit after this many held-out checks (every {FitConfig.eval_every} steps, on "
+                         f"{FitConfig.eval_batches} batches held out from the data) without a new best, and keep the best "
+                         f"operator, the start included; 0 turns the check off (default: {FIT_DEFAULTS['patience']})")
     learned.add_argument("--rank", type=int, help="Mango tensor-ring rank (mango only; default: the smallest that holds --init: 1, or 2 for net2net, bert2bert, exact)")
     learned.add_argument("--init", help="start from this operator (e.g. stackbert, net2net, bert2bert)")
+    learned.add_argument("--split", choices=("even", "keep"),
+                         help="mango only: how the start shares a copied unit's outgoing weights: even (Net2Net's "
+                         "1/copies) or keep (the original keeps them, new copies start silent); both keep the function"),
     add_device_option(learned, "the fit (the operator always computes in fp32)")
     add_checkpoint_option(learned, "fit (into OUT_DIR.partial/, removed once OUT_DIR is written)")
     add_data_options(p)
@@ -92,7 +100,7 @@ def add_parser(sub) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict:
-    names = ("noise", "rank", "init")
+    names = ("noise", "rank", "init", "split")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -120,15 +128,15 @@ def check_options(args: argparse.Namespace) -> None:
     """Refuse, by the flag the user typed, every option the chosen method would ignore; then fill in the defaults."""
     method = CATALOG[args.method]
     accepted = [*method.options, *(FIT_OPTIONS if method.learned else FIXED_OPTIONS)]
-    given = [name for name in (*FIXED_OPTIONS, *FIT_OPTIONS, "rank", "init", "noise") if getattr(args, name) is not None]
+    given = [name for name in (*FIXED_OPTIONS, *FIT_OPTIONS, "rank", "init", "noise", "split") if getattr(args, name) is not None]
     refuse_unused(args.method, given, accepted, spell=lambda name: "--" + name.replace("_", "-"))
     if method.learned:
         for name, value in FIT_DEFAULTS.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
         args.checkpoint_every = checkpoint_interval(args.checkpoint_every, args.steps)
-        if args.steps < 0 or not args.lr > 0:
-            raise GrowError("--steps must not be negative and --lr must be positive")
+        if args.steps < 0 or args.patience < 0 or not args.lr > 0:
+            raise GrowError("--steps and --patience must not be negative and --lr must be positive")
         check_batch_size(args.batch_size)
 
 
@@ -199,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     run_id = {
         "command": "grow", "source": digest_model_folder(src), "data": data_digest(data), "method": args.method,
         "target": {k: getattr(adapter.dims(config), k) for k in ("hidden", "ffn", "heads", "kv_heads", "head_dim", "layers")},
-        "options": options, "steps": args.steps, "lr": args.lr, "seed": args.seed,
+        "options": options, "steps": args.steps, "lr": args.lr, "patience": args.patience, "seed": args.seed,
     }
     distributed.check_same(run_id, "the source, data or settings")
     distributed.barrier()
@@ -217,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"resuming the fit from step {found[0]} (checkpoint in {partial})", file=sys.stderr)
 
         distributed.on_main(claim)
-        fit_config = FitConfig(steps=args.steps, lr=args.lr, progress=sys.stderr.isatty(), device=device)
+        fit_config = FitConfig(steps=args.steps, lr=args.lr, progress=sys.stderr.isatty(), device=device,
+                               patience=args.patience, eval_every=FitConfig.eval_every if args.patience else 0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FitWarning)  # reported below as an error
             grown, result = grow(model, config, args.method, seed=args.seed, data=data, fit_config=fit_config,
@@ -238,5 +247,10 @@ def run(args: argparse.Namespace) -> int:
     remove(partial)  # renamed away first: a kill now leaves no half-deleted checkpoint folder
     print(describe("grown", grown.config))
     print(f"fit {len(result.losses)} steps: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses else "fit 0 steps")
+    if result.held_out:
+        held = dict(result.held_out)
+        stop = f"; stopped early at step {result.stopped_at}" if result.stopped_at else ""
+        print(f"held-out loss {held[0]:.4f} at the start, {held[result.best_step]:.4f} at step {result.best_step} "
+              f"(the operator kept){stop}")
     print(f"saved to {out} (fit on {resolved_device(device)})")
     return 0

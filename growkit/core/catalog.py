@@ -57,7 +57,7 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("ligo", "LiGO: learned width and depth maps, fit on the target's loss (init: stackbert_noisy or a "
                "fixed method)", options=("init", "noise")),
     MethodInfo("mango", "Mango: learned tensor-ring (multi-linear) growth operator of rank R, fit on the target's loss",
-               options=("rank", "init", "noise")),
+               options=("rank", "init", "noise", "split")),
 )}
 
 
