@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     for name, method in CATALOG.items():
-        kind = "learned" if method.learned else f"width={method.width}, depth={method.depth}"
+        width = f"{method.width} (or {method.uneven_width} where a factor is not whole)" if method.uneven_width else method.width
+        kind = "learned" if method.learned else f"width={width}, depth={method.depth}"
         print(f"{name:<12} {method.summary}  [{kind}]")
     print(f"\nwidth operators: {', '.join(WIDTH_OPS)}    depth operators: {', '.join(DEPTH_OPS)}")
     return 0
