@@ -30,40 +30,22 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import growkit
 from growkit.arch import adapter_for
-from growkit.data.batches import build_task_data
-from growkit.data.corpus import embedded_text
-from growkit.data.tokenizer import load_tokenizer, train_bpe
 from growkit.io import load_pretrained
 from growkit.ops.depth import deepen
 from growkit.ops.zero_width import zero_extend
 from growkit.train import TrainConfig, evaluate, train
 
-SEQ_LEN, BATCH, VOCAB = 64, 16, 2048
+from deep_source import config, parse_and_load  # the same corpus, tokenizer and Llama config (head_dim 16, tied)
+
 SOURCE = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=176)
 X2 = dict(num_hidden_layers=4, hidden_size=128, num_attention_heads=8, num_key_value_heads=4, intermediate_size=352)
 X15 = dict(num_hidden_layers=4, hidden_size=96, num_attention_heads=6, num_key_value_heads=3, intermediate_size=264)
 ENTRIES = ("tile x2", "zero x2", "zero x2 copy", "zero x1.5", "zero x1.5 copy", "scratch x1.5")
 CPU = torch.device("cpu")
-
-
-def load_data(out: Path):
-    """The embedded corpus as Llama batches; the tokenizer is trained once and kept in ``out/tokenizer``."""
-    text = embedded_text()
-    folder = out / "tokenizer"
-    tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").is_file() else train_bpe(text, VOCAB)
-    tokenizer.save_pretrained(str(folder))
-    return build_task_data("llama", text=text, tokenizer=tokenizer, seq_len=SEQ_LEN, batch_size=BATCH,
-                           eval_batches=8, eval_fraction=0.1, seed=0)
-
-
-def config(data, sizes: dict) -> LlamaConfig:
-    return LlamaConfig(**sizes, head_dim=16, vocab_size=len(data.tokenizer), max_position_embeddings=SEQ_LEN,
-                       tie_word_embeddings=True, attention_dropout=0.0, bos_token_id=1, eos_token_id=2,
-                       pad_token_id=0)
 
 
 def source_model(out: Path, data, steps: int) -> LlamaForCausalLM:
@@ -122,13 +104,7 @@ def main() -> None:
     parser.add_argument("--entries", default=",".join(ENTRIES), help="comma-separated entries")
     parser.add_argument("--pretrain-steps", type=int, default=600)
     parser.add_argument("--steps", type=int, default=300, help="training steps of every target")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_data(out)
+    args, out, data = parse_and_load(parser)
     source = source_model(out, data, args.pretrain_steps)
     base = evaluate(source, data.eval_batches, CPU)
     print(f"source 2L/64 held-out loss {base:.4f} after {args.pretrain_steps} steps")
