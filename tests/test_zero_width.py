@@ -126,23 +126,23 @@ def test_exact_tiles_integer_factors_and_zero_extends_the_others():
     assert all(torch.equal(zero[k], explicit[k]) for k in zero)
 
 
+def _no_work(*args, **kwargs):
+    raise AssertionError("the weights were read before the refusal")
+
+
 @pytest.mark.parametrize("family", ["gpt2", "bert", "vit"])
 def test_layer_norm_models_are_refused_non_integer_exact_before_any_work(family, monkeypatch):
     src = tiny_model(family)
-    adapter = adapter_for(src)
-
-    def no_work(*args, **kwargs):
-        raise AssertionError("the weights were read before the refusal")
-
-    monkeypatch.setattr(type(adapter), "to_canonical", no_work)
+    monkeypatch.setattr(type(adapter_for(src)), "to_canonical", _no_work)
     with pytest.raises(GrowError, match=r"integer growth factor.*hidden size 32 -> 48.*LayerNorm.*RMSNorm"):
         growkit.grow(src, {"hidden_size": 48}, method="exact")
     with pytest.raises(GrowError, match="width operator zero: .* uses LayerNorm"):
         growkit.grow(src, {"hidden_size": 64}, method="net2net", width="zero")
 
 
-def test_a_shrinking_query_group_is_refused():
+def test_a_shrinking_query_group_is_refused_before_any_work(monkeypatch):
     src = _source()
+    monkeypatch.setattr(type(adapter_for(src)), "to_canonical", _no_work)
     with pytest.raises(GrowError, match="query heads per kv head would shrink from 2 to 1"):
         growkit.grow(src, {**X15, "num_key_value_heads": 6}, method="exact")
 

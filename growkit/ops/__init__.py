@@ -16,7 +16,7 @@ from ..core.errors import GrowError
 from .depth import deepen
 from .operator import GrowthOperator
 from .width import check_factors, uneven_factors, widen
-from .zero_width import layer_norm_refusal, zero_extend
+from .zero_width import check_query_groups, layer_norm_refusal, zero_extend
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,15 @@ def choose_width(method: MethodInfo, src: Dims, tgt: Dims, *, family: str, rms_n
     chosen = width or method.width
     if width is None and method.uneven_width and uneven_factors(src, tgt):
         if not rms_norm:
-            check_factors(src, tgt, why_not_zero=layer_norm_refusal(family))
+            check_factors(src, tgt, note=layer_norm_refusal(family))
         chosen = method.uneven_width
     if chosen == "tile":
-        check_factors(src, tgt)
-    if chosen == "zero" and not rms_norm:
-        raise GrowError(f"width operator zero: {layer_norm_refusal(family)}")
+        zero_fits = "width 'zero' (exact's choice here) grows RMSNorm models to any size"
+        check_factors(src, tgt, note=zero_fits if rms_norm else "")
+    if chosen == "zero":
+        if not rms_norm:
+            raise GrowError(f"width operator zero: {layer_norm_refusal(family)}")
+        check_query_groups(src, tgt)
     return chosen
 
 
@@ -95,8 +98,8 @@ def grow_fixed(src: Canonical, tgt_dims: Dims, width: str, depth: str, *, seed: 
         raise GrowError(f"unknown depth operator {depth!r}; choose one of {', '.join(DEPTH_OPS)}")
     refuse_unused("a fixed method", sorted(options), ["noise"])
     kwargs = {**WIDTH_OPS[width], **options}
-    widened = zero_extend(src, tgt_dims, seed=seed, **kwargs) if width == "zero" else widen(src, tgt_dims, seed=seed, **kwargs)
-    out = deepen(widened, tgt_dims.layers, depth)
+    width_op = zero_extend if width == "zero" else widen
+    out = deepen(width_op(src, tgt_dims, seed=seed, **kwargs), tgt_dims.layers, depth)
     out.validate()
     return out
 

@@ -42,16 +42,16 @@ def uneven_factors(src: Dims, tgt: Dims) -> str:
     return f"{'; '.join(bad)} {'is' if len(bad) == 1 else 'are'} not" if bad else ""
 
 
-def check_factors(src: Dims, tgt: Dims, why_not_zero: str = "") -> None:
+def check_factors(src: Dims, tgt: Dims, note: str = "") -> None:
     """Refuse, naming every offending size, a tiling whose growth factors are not whole numbers.
 
-    ``why_not_zero`` says why zero-extension, which grows to any size, does not apply either.
+    ``note`` says whether zero-extension, which grows to any size, applies instead.
     """
     bad = uneven_factors(src, tgt)
     if bad:
         raise GrowError(
             f"exact width needs an integer growth factor for every size, but {bad}"
-            f"{'; ' + why_not_zero if why_not_zero else ''}; choose whole multiples of the source's sizes, "
+            f"{'; ' + note if note else ''}; choose whole multiples of the source's sizes, "
             "or use net2net or bert2bert, which copy units at random"
         )
 

@@ -112,6 +112,17 @@ def layer_norm_refusal(family: str) -> str:
     )
 
 
+def check_query_groups(src: Dims, tgt: Dims) -> None:
+    """Refuse query groups that shrink: every old query head must keep its own kv head."""
+    group_src, group_tgt = src.heads // src.kv_heads, tgt.heads // tgt.kv_heads
+    if group_tgt < group_src:
+        raise GrowError(
+            f"query heads per kv head would shrink from {group_src} to {group_tgt} "
+            f"({src.heads}/{src.kv_heads} -> {tgt.heads}/{tgt.kv_heads} heads): exact growth keeps every old query "
+            f"head with its own kv head; choose at most {tgt.heads // group_src} kv heads"
+        )
+
+
 def _writes_to_residual(axis: str, side: str | None) -> bool:
     """Entries that must be zero: the residual stream's new dimensions, and what new heads and units write."""
     return (axis == "D" and side == "out") or (axis in ("Q", "F") and side == "in")
@@ -140,13 +151,8 @@ class _Axis:
 
 def _axes(src: Dims, tgt: Dims) -> dict[str, _Axis]:
     """Old units first on D, F and K; query heads kept in their kv head's group, new heads after them."""
+    check_query_groups(src, tgt)
     group_src, group_tgt = src.heads // src.kv_heads, tgt.heads // tgt.kv_heads
-    if group_tgt < group_src:
-        raise GrowError(
-            f"query heads per kv head would shrink from {group_src} to {group_tgt} "
-            f"({src.heads}/{src.kv_heads} -> {tgt.heads}/{tgt.kv_heads} heads): exact growth keeps every old query "
-            f"head with its own kv head; choose at most {tgt.heads // group_src} kv heads"
-        )
     group = torch.arange(tgt.heads) // group_tgt
     within = torch.arange(tgt.heads) % group_tgt
     new_heads = (group >= src.kv_heads) | (within >= group_src)
