@@ -58,6 +58,7 @@ def _start_loss(bed, method: str) -> float:
     src, tgt = adapter.to_canonical(model), adapter.dims(config)
     starts = {
         "net2net": lambda: grow_fixed(src, tgt, "net2net", "identity"),
+        "exact": lambda: grow_fixed(src, tgt, "zero", "identity"),
         "stackbert": lambda: grow_fixed(src, tgt, "net2net", "stack"),
         "mango+init=net2net": lambda: MangoOperator(src, tgt, init="net2net").materialize(),
         "mango": lambda: MangoOperator(src, tgt).materialize(),
@@ -74,6 +75,10 @@ def test_the_source_learned_its_language(bed):
 @pytest.mark.parametrize("method", ["net2net", "mango+init=net2net", "ligo+init=net2net"])
 def test_net2net_width_with_identity_layers_keeps_the_deep_source(bed, method):
     assert abs(_start_loss(bed, method) - bed[2]) < 0.01
+
+
+def test_zero_extended_exact_keeps_the_deep_source_exactly(bed):
+    assert abs(_start_loss(bed, "exact") - bed[2]) < 1e-5
 
 
 @pytest.mark.parametrize("method", ["stackbert", "mango", "ligo"])

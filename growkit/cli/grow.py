@@ -75,7 +75,8 @@ def add_parser(sub) -> None:
     fixed = p.add_argument_group("fixed methods (a learned method refuses these)")
     fixed.add_argument("--width", choices=list(WIDTH_OPS), help="override the method's width operator")
     fixed.add_argument("--depth", choices=list(DEPTH_OPS), help="override the method's depth operator")
-    p.add_argument("--noise", type=float, help="symmetry-breaking noise, relative to each matrix's std (every method)")
+    p.add_argument("--noise", type=float, help="symmetry-breaking noise, relative to each matrix's std (every method; "
+                   "for exact's zero-extended width, the std of the new inputs, default 1)")
     learned = p.add_argument_group("learned methods (ligo, mango; a fixed method refuses these)")
     learned.add_argument("--steps", type=int, help=f"fit steps (default: {FIT_DEFAULTS['steps']})")
     learned.add_argument("--lr", type=float, help=f"the operator's learning rate (default: {FIT_DEFAULTS['lr']})")
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from ..estimate import check_memory, fit_estimate, fixed_estimate
     from ..fit import FitWarning, latest_fit_checkpoint
     from ..io import load_config
-    from ..ops import get_method
+    from ..ops import choose_width, get_method
 
     src, out = Path(args.src), Path(args.out)
     check_apart(src, out, "OUT_DIR")
@@ -185,9 +186,13 @@ def run(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size, seq_len=seq_len, steps=args.steps)
     else:
         est = fixed_estimate(src_config, config, seq_len)
+        args.width = choose_width(method, adapter.dims(src_config), adapter.dims(config), family=adapter.family,
+                                  rms_norm=adapter.rms_norm_eps(src_config) is not None, width=args.width)
     if args.dry_run:
         print(describe("source", src_config))
         print(describe("target", config))
+        if not method.learned:
+            print(f"{'width, depth operators':<24}{args.width}, {args.depth or method.depth}")
         print_estimate(est)
         return 0
     check_memory(est, device)
@@ -198,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
             grown = grow(model, config, args.method, seed=args.seed, width=args.width, depth=args.depth, **options)
             save_model(grown, out, src=src, tokenizer=tokenizer, overwrite=args.overwrite)
             print(describe("grown", grown.config))
-            print(f"saved to {out} (grown on cpu)")
+            print(f"saved to {out} (grown on cpu; width operator {args.width}, depth operator {args.depth or method.depth})")
 
         distributed.barrier()
         distributed.on_main(grow_fixed)

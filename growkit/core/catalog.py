@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 from .errors import GrowError
 
-#: width operators: keyword arguments of :func:`growkit.ops.width.widen`
+#: width operators: keyword arguments of :func:`growkit.ops.width.widen` (``zero``: of
+#: :func:`growkit.ops.zero_width.zero_extend`)
 WIDTH_OPS: dict[str, dict] = {
     "net2net": {"strategy": "random", "noise": 0.01},
     "aki": {"strategy": "random", "knowledge_from_next_layer": True},
     "tile": {"strategy": "tile", "noise": 0.01},
+    "zero": {"new_weights": "random", "noise": 1.0},
 }
 #: depth operators (:data:`growkit.ops.depth.DEPTH_MAPS` implements each)
 DEPTH_OPS = ("stack", "interpolate", "identity")
@@ -30,13 +32,18 @@ REPORTERS = ("tensorboard",)
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A method's name, summary and the ``grow()`` options it takes; fixed methods name their two operators."""
+    """A method's name, summary and the ``grow()`` options it takes; fixed methods name their two operators.
+
+    ``uneven_width`` is the width operator used instead of ``width`` where a
+    growth factor is not a whole number (``exact``: zero-extension, for RMSNorm models).
+    """
 
     name: str
     summary: str
     width: str | None = None
     depth: str | None = None
     options: tuple[str, ...] = field(default=("noise",))
+    uneven_width: str | None = None
 
     @property
     def learned(self) -> bool:
@@ -52,8 +59,9 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("net2net", "Net2Net: random unit copies with split outgoing weights; identity layers for depth",
                "net2net", "identity"),
     MethodInfo("bert2bert", "bert2BERT AKI: new units take the next layer's weights; stacked depth", "aki", "stack"),
-    MethodInfo("exact", "function-preserving: tiled width with cancelling noise; identity layers for depth",
-               "tile", "identity"),
+    MethodInfo("exact", "function-preserving: tiled width with cancelling noise (whole growth factors) or "
+               "zero-extended width (other factors, RMSNorm models only); identity layers for depth",
+               "tile", "identity", uneven_width="zero"),
     MethodInfo("ligo", "LiGO: learned width and depth maps, fit on the target's loss (init: stackbert_noisy or a "
                "fixed method)", options=("init", "noise")),
     MethodInfo("mango", "Mango: learned tensor-ring (multi-linear) growth operator of rank R, fit on the target's loss",

@@ -15,7 +15,8 @@ from ..core.catalog import CATALOG, DEPTH_OPS, WIDTH_OPS, MethodInfo, method_nam
 from ..core.errors import GrowError
 from .depth import deepen
 from .operator import GrowthOperator
-from .width import widen
+from .width import check_factors, uneven_factors, widen
+from .zero_width import check_query_groups, layer_norm_refusal, zero_extend
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,29 @@ def methods() -> dict[str, str]:
     return {name: m.summary for name, m in METHODS.items()}
 
 
+def choose_width(method: MethodInfo, src: Dims, tgt: Dims, *, family: str, rms_norm: bool,
+                 width: str | None = None) -> str:
+    """The width operator a fixed method uses at these sizes (``width`` overrides the method's).
+
+    ``exact`` tiles for whole growth factors and zero-extends otherwise. Sizes
+    no operator can reach exactly are refused here, from the sizes alone, before
+    any weight is read.
+    """
+    chosen = width or method.width
+    if width is None and method.uneven_width and uneven_factors(src, tgt):
+        if not rms_norm:
+            check_factors(src, tgt, note=layer_norm_refusal(family))
+        chosen = method.uneven_width
+    if chosen == "tile":
+        zero_fits = "width 'zero' (exact's choice here) grows RMSNorm models to any size"
+        check_factors(src, tgt, note=zero_fits if rms_norm else "")
+    if chosen == "zero":
+        if not rms_norm:
+            raise GrowError(f"width operator zero: {layer_norm_refusal(family)}")
+        check_query_groups(src, tgt)
+    return chosen
+
+
 def grow_fixed(src: Canonical, tgt_dims: Dims, width: str, depth: str, *, seed: int = 0, **options) -> Canonical:
     """Apply a fixed width operator, then a fixed depth operator."""
     if width not in WIDTH_OPS:
@@ -74,9 +98,10 @@ def grow_fixed(src: Canonical, tgt_dims: Dims, width: str, depth: str, *, seed: 
         raise GrowError(f"unknown depth operator {depth!r}; choose one of {', '.join(DEPTH_OPS)}")
     refuse_unused("a fixed method", sorted(options), ["noise"])
     kwargs = {**WIDTH_OPS[width], **options}
-    out = deepen(widen(src, tgt_dims, seed=seed, **kwargs), tgt_dims.layers, depth)
+    width_op = zero_extend if width == "zero" else widen
+    out = deepen(width_op(src, tgt_dims, seed=seed, **kwargs), tgt_dims.layers, depth)
     out.validate()
     return out
 
 
-__all__ = ["METHODS", "Method", "GrowthOperator", "get_method", "grow_fixed", "methods", "register"]
+__all__ = ["METHODS", "Method", "GrowthOperator", "choose_width", "get_method", "grow_fixed", "methods", "register"]
