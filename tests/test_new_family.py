@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from toy_family import TOY, ToyForCausalLM
+from toy_family import TOY, ToyForCausalLM, register
 
 from growkit import grow
-from growkit.arch import adapter_for
+from growkit.arch import ADAPTERS, adapter_for
 from growkit.arch.tiny import tiny_model
 from growkit.cli import main
 from growkit.data import build_task_data, embedded_text
@@ -27,6 +27,14 @@ from growkit.io import load_pretrained, save_pretrained
 
 LAUNCH = Path(__file__).resolve().parent / "toy_launch.py"
 VOCAB = 512
+
+
+@pytest.fixture(autouse=True)
+def toy_family():
+    """The family is known during each test only, so other tests see the built-in families alone."""
+    register()
+    yield
+    del ADAPTERS[TOY]
 
 
 def test_grow_is_exact_and_a_learned_method_fits():

@@ -1,14 +1,14 @@
 """A throw-away family: Llama's weight table under a new model type, in this one file.
 
 It states only what :class:`growkit.arch.Adapter` says a family must set and
-registers itself with one line, so every command working on it shows that no
+:func:`register` is one line, so every command working on it shows that no
 other module holds a family fact. The HF classes are Llama's, renamed.
 """
 from __future__ import annotations
 
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, LlamaModel
 
-from growkit.arch import ADAPTERS, Adapter, register_adapter
+from growkit.arch import Adapter, register_adapter
 from growkit.arch.base import TINY_TOKENS
 from growkit.arch.llama import LlamaAdapter
 
@@ -36,6 +36,7 @@ class ToyAdapter(Adapter):
     global_entries = LlamaAdapter.global_entries
 
 
-if TOY not in ADAPTERS:  # imported once per process, by the tests and by toy_launch.py
-    AutoConfig.register(TOY, ToyConfig)
+def register() -> None:
+    """The one registry line (and HF's own, so that ``AutoConfig`` reads the saved config)."""
+    AutoConfig.register(TOY, ToyConfig, exist_ok=True)
     register_adapter(ToyAdapter())

@@ -4,9 +4,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import toy_family  # noqa: E402,F401  (registers the family)
+import toy_family  # noqa: E402
 
 from growkit.cli import main  # noqa: E402
 
 if __name__ == "__main__":
+    toy_family.register()
     sys.exit(main())
