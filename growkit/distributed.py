@@ -46,8 +46,6 @@ import torch.distributed as dist
 from .core.errors import GrowError
 
 T = TypeVar("T")
-#: model types whose loss predicts the next token (labels are shifted by one inside the model)
-CAUSAL = ("gpt2", "llama")
 IGNORE = -100
 
 
@@ -172,10 +170,6 @@ def main_first(fn: Callable[[], T]) -> T:
 
 
 # --- data and loss ------------------------------------------------------------------
-
-
-def is_causal(model_type: str) -> bool:
-    return model_type in CAUSAL
 
 
 def loss_items(batch: dict, causal: bool) -> int:

@@ -41,20 +41,12 @@ def human_count(n: float) -> str:
 
 def analytic_parameters(config: PretrainedConfig) -> int:
     """Parameters of the model ``config`` describes, from its sizes (matrices, embeddings, heads; ~exact)."""
-    d = adapter_for(config).dims(config)
+    adapter = adapter_for(config)
+    d = adapter.dims(config)
     q, k = d.heads * d.head_dim, d.kv_heads * d.head_dim
-    mlp_inputs = 2 if config.model_type == "llama" else 1
+    mlp_inputs = 2 if adapter.gated_mlp else 1
     per_layer = d.hidden * (q + 2 * k) + q * d.hidden + (mlp_inputs + 1) * d.hidden * d.ffn + 4 * d.hidden + d.ffn
-    total = d.layers * per_layer + 2 * d.hidden
-    if config.model_type == "vit":
-        patches = (config.image_size // config.patch_size) ** 2
-        total += config.num_channels * config.patch_size**2 * d.hidden + (patches + 2) * d.hidden
-        total += d.hidden * config.num_labels
-    else:
-        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 0)
-        total += config.vocab_size * d.hidden + (positions * d.hidden if config.model_type != "llama" else 0)
-        if not getattr(config, "tie_word_embeddings", False):
-            total += config.vocab_size * d.hidden
+    total = d.layers * per_layer + 2 * d.hidden + adapter.edge_parameters(config, d)
     return int(total)
 
 
@@ -90,9 +82,7 @@ def parameter_count(config: PretrainedConfig) -> int:
 
 def positions_per_example(config: PretrainedConfig, seq_len: int) -> int:
     """Token positions one example occupies (ViT: patches + CLS)."""
-    if config.model_type == "vit":
-        return (config.image_size // config.patch_size) ** 2 + 1
-    return seq_len
+    return adapter_for(config).positions(config, seq_len)
 
 
 def activation_numbers(config: PretrainedConfig, batch_size: int, seq_len: int) -> int:
@@ -103,12 +93,12 @@ def activation_numbers(config: PretrainedConfig, batch_size: int, seq_len: int) 
     attention scores and probabilities (heads x sequence, twice); plus the
     logits, their softmax and their gradient at the head.
     """
-    d = adapter_for(config).dims(config)
+    adapter = adapter_for(config)
+    d = adapter.dims(config)
     seq = positions_per_example(config, seq_len)
-    ffn_tensors = 4 if config.model_type == "llama" else 3
+    ffn_tensors = 4 if adapter.gated_mlp else 3
     per_token = d.layers * (10 * d.hidden + ffn_tensors * d.ffn + 2 * d.heads * seq)
-    if config.model_type != "vit":
-        per_token += 3 * config.vocab_size
+    per_token += 3 * adapter.logit_width(config)
     return batch_size * seq * per_token
 
 

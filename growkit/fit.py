@@ -28,7 +28,7 @@ import torch
 from torch.func import functional_call
 
 from . import distributed
-from .arch import Adapter
+from .arch import Adapter, predicts_next_token
 from .checkpoint import all_finite, digest_tensors, load_state, numbered, prune, rng_state, save_state, set_rng_state
 from .core.errors import GrowError
 from .device import DEVICES, autocast_context, resolve_device, use_attention
@@ -161,7 +161,7 @@ def fit(
         model.to(device)
     use_attention(model, device)
     distributed.broadcast_parameters(operator)  # a replica per process, all starting as rank 0's
-    causal = distributed.is_causal(getattr(getattr(model, "config", None), "model_type", ""))
+    causal = predicts_next_token(model)
     params = [p for p in operator.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(config.warmup, 1)

@@ -38,15 +38,10 @@ _CPU_ATTENTION = {
 }
 
 
-def _vit_seq(config: PretrainedConfig) -> int:
-    return (config.image_size // config.patch_size) ** 2 + 1
-
-
 def seq_len_of(config: PretrainedConfig, batch: dict[str, torch.Tensor]) -> int:
-    """Positions per example: the text length, or ViT's patches plus the CLS token."""
-    if "pixel_values" in batch:
-        return _vit_seq(config)
-    return batch["input_ids"].shape[-1]
+    """Positions per example: the text length, or what the family makes of an image (ViT: patches + CLS)."""
+    text = batch["input_ids"].shape[-1] if "input_ids" in batch else None
+    return adapter_for(config).positions(config, text)
 
 
 def batch_tokens(config: PretrainedConfig, batch: dict[str, torch.Tensor]) -> int:
@@ -56,27 +51,17 @@ def batch_tokens(config: PretrainedConfig, batch: dict[str, torch.Tensor]) -> in
 
 
 def forward_flops_per_token(config: PretrainedConfig, seq_len: int | None = None, *, head: bool = True) -> float:
-    """Forward matmul FLOPs per token position; ``seq_len`` is ignored for ViT (it follows from the config)."""
-    family = config.model_type
-    d = adapter_for(config).dims(config)
-    if family == "vit":
-        seq_len = _vit_seq(config)
-    elif seq_len is None:
-        raise GrowError(f"{family} FLOPs depend on the sequence length; pass seq_len")
+    """Forward matmul FLOPs per token position; ``seq_len`` is ignored where the config fixes it (ViT)."""
+    adapter = adapter_for(config)
+    d = adapter.dims(config)
+    seq_len = adapter.positions(config, seq_len)
+    if seq_len is None:
+        raise GrowError(f"{adapter.family} FLOPs depend on the sequence length; pass seq_len")
     q, k = d.heads * d.head_dim, d.kv_heads * d.head_dim
-    mlp_inputs = 2 if family == "llama" else 1  # SwiGLU has gate and up projections
+    mlp_inputs = 2 if adapter.gated_mlp else 1  # SwiGLU has gate and up projections
     per_layer = 2 * (d.hidden * q + 2 * d.hidden * k + q * d.hidden + (mlp_inputs + 1) * d.hidden * d.ffn)
     attention = 2 * 2 * seq_len * q
-    total = d.layers * (per_layer + attention)
-    if family == "vit":
-        patches = seq_len - 1
-        total += 2 * config.num_channels * config.patch_size**2 * d.hidden * patches / seq_len
-        if head:
-            total += 2 * d.hidden * config.num_labels / seq_len  # the classifier sees the CLS token only
-    elif head:
-        total += 2 * d.hidden * config.vocab_size
-        if family == "bert":
-            total += 2 * d.hidden * d.hidden  # the MLM head's transform before the decoder
+    total = d.layers * (per_layer + attention) + adapter.edge_flops_per_token(config, d, seq_len, head)
     return float(total)
 
 

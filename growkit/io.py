@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import transformers
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from .arch import SUPPORTED_CLASSES
+from .arch import ADAPTERS, adapter_for, supported
 from .checkpoint import fsync_tree, load_state, publish_modes, state_bytes, temp_sibling
 from .core.errors import GrowError
 
@@ -44,13 +43,8 @@ def _quiet() -> Iterator[None]:
 
 def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
     """The HF class named by ``config.architectures[0]`` (else the family's head model), if growkit supports it."""
-    family = config.model_type
-    if family not in SUPPORTED_CLASSES:
-        raise GrowError(f"unsupported model type {family!r}; growkit supports {', '.join(sorted(SUPPORTED_CLASSES))}")
-    names = getattr(config, "architectures", None) or [SUPPORTED_CLASSES[family][0]]
-    if names[0] not in SUPPORTED_CLASSES[family]:
-        raise GrowError(f"unsupported class {names[0]}; for {family} growkit supports {', '.join(SUPPORTED_CLASSES[family])}")
-    return getattr(transformers, names[0])
+    names = getattr(config, "architectures", None) or [None]
+    return adapter_for(config).model_class(names[0])
 
 
 def load_config(folder: str | Path) -> PretrainedConfig:
@@ -69,9 +63,9 @@ def load_config(folder: str | Path) -> PretrainedConfig:
         raise GrowError(f"{path} holds a JSON {type(raw).__name__}, not an object of config fields")
     model_type = raw.get("model_type")
     if model_type is None:
-        raise GrowError(f"{path} has no model_type; growkit supports {', '.join(sorted(SUPPORTED_CLASSES))}")
-    if model_type not in SUPPORTED_CLASSES:
-        raise GrowError(f"unsupported model type {model_type!r} in {path}; growkit supports {', '.join(sorted(SUPPORTED_CLASSES))}")
+        raise GrowError(f"{path} has no model_type; growkit supports {supported()}")
+    if model_type not in ADAPTERS:
+        raise GrowError(f"unsupported model type {model_type!r} in {path}; growkit supports {supported()}")
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except Exception as err:  # transformers validates field types and raises its own error types
@@ -101,8 +95,6 @@ def _positive_int(value: Any) -> bool:
 
 def check_config(config: PretrainedConfig, where: str | Path = "config") -> None:
     """Refuse a config whose sizes are not positive integers or do not fit together, before any model is built."""
-    from .arch import adapter_for
-
     adapter = adapter_for(config)
     try:
         dims = adapter.dims(config)
@@ -116,10 +108,7 @@ def check_config(config: PretrainedConfig, where: str | Path = "config") -> None
         raise GrowError(f"{where}: {dims.kv_heads} key/value heads do not divide {dims.heads} attention heads")
     if adapter.head_dim_from_hidden and dims.heads * dims.head_dim != dims.hidden:
         raise GrowError(f"{where}: {dims.heads} attention heads do not divide hidden size {dims.hidden}")
-    fields = ["vocab_size", "n_positions", "max_position_embeddings"]
-    if config.model_type == "vit":
-        fields = ["image_size", "patch_size", "num_channels", "num_labels"]
-    for name in fields:
+    for name in adapter.count_fields:
         value = getattr(config, name, None)
         if value is not None and not _positive_int(value):
             raise GrowError(f"{where}: {name} must be a positive integer, got {value!r}")

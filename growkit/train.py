@@ -33,6 +33,7 @@ from accelerate.utils import DistributedType
 from transformers import PreTrainedModel
 
 from . import distributed
+from .arch import predicts_next_token
 from .checkpoint import all_finite, atomic_write_text, digest_tensors, numbered, prune, rng_state, set_rng_state
 from .core.errors import GrowError
 from .data import TaskData, TokenTaskData
@@ -100,7 +101,7 @@ def evaluate(model: torch.nn.Module, batches: list[dict], device: torch.device, 
             model.train()
             return torch.stack(losses).mean().item()
         if causal is None:
-            causal = distributed.is_causal(_config(model).model_type)
+            causal = predicts_next_token(_config(model))
         parts = []
         for b in batches:
             part, weight, items = distributed.shard(b, causal)
@@ -273,7 +274,7 @@ def train(
     # The scheduler is not prepared: Accelerate's would step it once per process, but a step here is one global batch.
     model, optimizer = accelerator.prepare(model, optimizer)
     config, device = accelerator.unwrap_model(model).config, accelerator.device
-    causal = distributed.is_causal(config.model_type)
+    causal = predicts_next_token(config)
     result = TrainResult(flops=flops_offset, seconds=seconds_offset)
     if resume:
         # Keep the records up to the checkpoint; later ones (and a line cut by a kill) are redone.

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call
 
-from growkit.arch import ADAPTERS, SUPPORTED_CLASSES, adapter_for
-from growkit.arch.tiny import MODEL_CLASSES, tiny_config, tiny_model
+from growkit.arch import ADAPTERS, adapter_for
+from growkit.arch.tiny import tiny_config, tiny_model
 from growkit.core.canonical import GROWABLE, parse_axis
 from growkit.core.errors import GrowError
 
@@ -178,8 +178,8 @@ VARIANTS = [
 def test_every_class_round_trips_and_is_supported(family, head, tie):
     overrides = {} if tie is None else {"tie_word_embeddings": tie}
     model = build(family, head, seed=0, **overrides)
-    assert type(model).__name__ in SUPPORTED_CLASSES[family]
-    assert type(model) is MODEL_CLASSES[family][0 if head else 1]
+    assert type(model).__name__ in ADAPTERS[family].class_names
+    assert type(model) is (ADAPTERS[family].head_class if head else ADAPTERS[family].base_class)
     assert_round_trip(model)
 
 
@@ -286,7 +286,7 @@ def test_target_config_keeps_head_dim_and_ffn_ratio(family):
     assert dims.ffn == 2 * src.ffn and dims.layers == src.layers
     assert dims.heads // dims.kv_heads == src.heads // src.kv_heads
     assert new.hidden_size == 64
-    model = MODEL_CLASSES[family][0](new)  # HF accepts it and builds the sizes we asked for
+    model = ADAPTERS[family].head_class(new)  # HF accepts it and builds the sizes we asked for
     canon = adapter.to_canonical(model)
     assert canon.dims == dims
     assert canon.tensors["layer.q"].shape[-1] == dims.heads * dims.head_dim
@@ -301,7 +301,7 @@ def test_llama_target_config_keeps_group_and_writes_head_dim():
     config = tiny_config("llama", head_dim=16)
     new = adapter_for(config).target_config(config, {"hidden_size": 128})
     assert (new.num_attention_heads, new.num_key_value_heads, new.head_dim) == (8, 4, 16)
-    model = MODEL_CLASSES["llama"][0](new)
+    model = ADAPTERS["llama"].head_class(new)
     assert model.model.layers[0].self_attn.q_proj.weight.shape == (8 * 16, 128)
     assert model.model.layers[0].self_attn.k_proj.weight.shape == (4 * 16, 128)
 

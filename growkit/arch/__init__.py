@@ -1,24 +1,46 @@
-"""Adapters between Hugging Face families and the canonical view, looked up by ``model_type``."""
+"""Adapters between Hugging Face families and the canonical view, looked up by ``model_type``.
+
+Adding a family is one adapter module plus one line in ``ADAPTERS`` below
+(or a :func:`register_adapter` call); see :class:`Adapter` for the facts it states.
+"""
 from __future__ import annotations
 
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..core.errors import GrowError
-from .base import Adapter, Entry
+from .base import CAUSAL, IMAGE, MASKED, Adapter, Entry
 from .bert import BertAdapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
 from .vit import ViTAdapter
 
-ADAPTERS: dict[str, Adapter] = {a.model_type: a for a in (GPT2Adapter(), BertAdapter(), ViTAdapter(), LlamaAdapter())}
+#: every supported family, by HF ``model_type``
+ADAPTERS: dict[str, Adapter] = {}
 
-#: the HF classes each family supports, by class name
-SUPPORTED_CLASSES = {
-    "gpt2": ("GPT2LMHeadModel", "GPT2Model"),
-    "bert": ("BertForMaskedLM", "BertModel"),
-    "vit": ("ViTForImageClassification", "ViTModel"),
-    "llama": ("LlamaForCausalLM", "LlamaModel"),
-}
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    """Make ``adapter``'s family known to every command (refused when its model type is taken)."""
+    if adapter.model_type in ADAPTERS:
+        raise GrowError(f"model type {adapter.model_type!r} already has an adapter")
+    ADAPTERS[adapter.model_type] = adapter
+    return adapter
+
+
+for _adapter in (GPT2Adapter(), BertAdapter(), ViTAdapter(), LlamaAdapter()):
+    register_adapter(_adapter)
+
+
+def supported() -> str:
+    """The supported model types, for messages."""
+    return ", ".join(sorted(ADAPTERS))
+
+
+def family_adapter(family: str) -> Adapter:
+    """The adapter of the family named ``family`` (as the canonical view and the benchmark name it)."""
+    for adapter in ADAPTERS.values():
+        if adapter.family == family:
+            return adapter
+    raise GrowError(f"unknown family {family!r}; choose one of {', '.join(a.family for a in ADAPTERS.values())}")
 
 
 def adapter_for(obj: PreTrainedModel | PretrainedConfig) -> Adapter:
@@ -26,15 +48,20 @@ def adapter_for(obj: PreTrainedModel | PretrainedConfig) -> Adapter:
     config = obj if isinstance(obj, PretrainedConfig) else getattr(obj, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in ADAPTERS:
+        raise GrowError(f"unsupported model type {model_type!r}; growkit supports {supported()}")
+    adapter = ADAPTERS[model_type]
+    if isinstance(obj, PreTrainedModel) and type(obj).__name__ not in adapter.class_names:
         raise GrowError(
-            f"unsupported model type {model_type!r}; growkit supports {', '.join(sorted(ADAPTERS))}"
+            f"unsupported class {type(obj).__name__}; for {model_type} growkit supports " + ", ".join(adapter.class_names)
         )
-    if isinstance(obj, PreTrainedModel) and type(obj).__name__ not in SUPPORTED_CLASSES[model_type]:
-        raise GrowError(
-            f"unsupported class {type(obj).__name__}; for {model_type} growkit supports "
-            + ", ".join(SUPPORTED_CLASSES[model_type])
-        )
-    return ADAPTERS[model_type]
+    return adapter
 
 
-__all__ = ["ADAPTERS", "Adapter", "Entry", "SUPPORTED_CLASSES", "adapter_for"]
+def predicts_next_token(model: object) -> bool:
+    """Whether ``model``'s loss predicts the next token (its labels are shifted inside the model)."""
+    model_type = getattr(getattr(model, "config", model), "model_type", None)
+    return model_type in ADAPTERS and ADAPTERS[model_type].objective == CAUSAL
+
+
+__all__ = ["ADAPTERS", "Adapter", "CAUSAL", "Entry", "IMAGE", "MASKED", "adapter_for", "family_adapter",
+           "predicts_next_token", "register_adapter", "supported"]

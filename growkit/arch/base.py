@@ -19,6 +19,8 @@ from ..core.canonical import ROLE_SPECS, Canonical, Dims
 from ..core.errors import GrowError
 
 Tensor = torch.Tensor
+#: special token ids that lie inside the tiny vocabularies
+TINY_TOKENS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size")
 
 
@@ -53,21 +55,110 @@ def _to_math(t: Tensor, layout: str) -> Tensor:
     return t.t() if layout == "linear" else t
 
 
+#: what a family's loss predicts (``Adapter.objective``)
+CAUSAL, MASKED, IMAGE = "causal", "masked", "image"
+
+
 class Adapter:
-    """Base class; subclasses fill the class attributes and the config hooks."""
+    """One family's facts and its table; everything outside ``arch/`` asks the adapter.
+
+    The defaults describe a Llama-like decoder (pre-RMSNorm, SwiGLU, rotary
+    positions, GQA, an explicit ``head_dim``), so a family of that kind (Mistral,
+    Qwen2) is a subclass of :class:`~growkit.arch.llama.LlamaAdapter` that sets
+    the names and classes, plus one line in ``arch/__init__.py``.
+
+    Must set:
+        ``family`` (growkit's name, also the canonical view's), ``model_type``
+        (HF's ``config.model_type``), ``head_class`` and ``base_class`` (the HF
+        model with its LM/classification head, and the bare one), ``tiny``
+        (config fields of a tiny model, for tests and demos), ``layer_entries``
+        and ``global_entries`` (where each role lives).
+    May set (default):
+        ``objective`` (CAUSAL: next-token loss; MASKED: BERT's MLM; IMAGE: image
+        classification), ``gated_mlp`` (True: gate and up projections),
+        ``learned_positions`` (False: a rotary model has no position table),
+        ``post_norm`` (False: norms sit before the residual branch),
+        ``head_dim_from_hidden`` (False), ``supports_gqa`` (True),
+        ``tied_norm`` ("final_norm"), ``ffn_field`` ("intermediate_size"),
+        ``positions_field`` ("max_position_embeddings"; None: no text length),
+        ``count_fields`` (config fields checked to be positive integers).
+    May override: ``dims``/``write_dims``/``check_config`` (config names),
+    ``extra_to_canonical``/``extra_from_canonical`` (special tensors),
+    ``positions`` (positions one example occupies), ``edge_flops_per_token``
+    and ``edge_parameters`` (embeddings and head, for FLOP and size counts),
+    ``logit_width`` and ``task_fields`` (a benchmark model's data-shaped fields).
+    """
 
     family: ClassVar[str]
     model_type: ClassVar[str]
+    head_class: ClassVar[type[PreTrainedModel]]
+    base_class: ClassVar[type[PreTrainedModel]]
+    tiny: ClassVar[dict]
     layer_entries: ClassVar[tuple[Entry, ...]]
     global_entries: ClassVar[tuple[Entry, ...]]
+    objective: ClassVar[str] = CAUSAL
+    gated_mlp: ClassVar[bool] = True
+    learned_positions: ClassVar[bool] = False
+    post_norm: ClassVar[bool] = False
     #: whether hidden = heads * head_dim is forced by the architecture (not Llama)
-    head_dim_from_hidden: ClassVar[bool] = True
-    supports_gqa: ClassVar[bool] = False
+    head_dim_from_hidden: ClassVar[bool] = False
+    supports_gqa: ClassVar[bool] = True
     #: the norm right before a tied decoder: it is split like an input (see canonical.py)
     tied_norm: ClassVar[str] = "final_norm"
-
     #: the config field holding the FFN width
     ffn_field: ClassVar[str] = "intermediate_size"
+    #: the config field holding the longest text the model reads (None: the model reads no text)
+    positions_field: ClassVar[str | None] = "max_position_embeddings"
+    #: config fields besides the sizes that must be positive integers when set
+    count_fields: ClassVar[tuple[str, ...]] = ("vocab_size", "max_position_embeddings")
+
+    # --- the family's models and configs ------------------------------------
+    @property
+    def class_names(self) -> tuple[str, str]:
+        """The supported HF class names: with a head first, then the bare model."""
+        return self.head_class.__name__, self.base_class.__name__
+
+    def model_class(self, name: str | None = None) -> type[PreTrainedModel]:
+        """The supported class called ``name`` (None: the one with a head), or a clear error."""
+        for cls in (self.head_class, self.base_class):
+            if name in (None, cls.__name__):
+                return cls
+        raise GrowError(f"unsupported class {name}; for {self.model_type} growkit supports {', '.join(self.class_names)}")
+
+    def tiny_config(self, **overrides) -> PretrainedConfig:
+        """A tiny config of this family (dropout off, special ids inside the vocabulary); ``overrides`` are fields."""
+        return self.head_class.config_class(**{**self.tiny, **overrides})
+
+    def task_fields(self, *, seq_len: int, vocab_size: int, image_size: int, patch_size: int,
+                    num_labels: int) -> dict:
+        """The config fields that follow the data (a benchmark's text length and vocabulary)."""
+        return {self.positions_field: seq_len, "vocab_size": vocab_size}
+
+    def max_positions(self, config: PretrainedConfig) -> int | None:
+        """The longest text the model reads (None: no limit, or no text)."""
+        return getattr(config, self.positions_field, None) if self.positions_field else None
+
+    # --- per-token counts (FLOPs, sizes) ------------------------------------
+    def positions(self, config: PretrainedConfig, seq_len: int | None) -> int | None:
+        """Token positions one example occupies: the text length here (ViT: patches + CLS)."""
+        return seq_len
+
+    def edge_flops_per_token(self, config: PretrainedConfig, dims: Dims, seq_len: int, head: bool) -> float:
+        """Forward matmul FLOPs per position outside the layer stack: the LM head's projection."""
+        return 2 * dims.hidden * config.vocab_size if head else 0
+
+    def edge_parameters(self, config: PretrainedConfig, dims: Dims) -> int:
+        """Parameters outside the layer stack and the final norm: embeddings, positions, an untied head."""
+        total = config.vocab_size * dims.hidden
+        if self.learned_positions:
+            total += (self.max_positions(config) or 0) * dims.hidden
+        if not getattr(config, "tie_word_embeddings", False):
+            total += config.vocab_size * dims.hidden
+        return total
+
+    def logit_width(self, config: PretrainedConfig) -> int:
+        """Logits per position that the loss reads (the vocabulary; 0 when only one position is scored)."""
+        return config.vocab_size
 
     # --- config hooks (HF's standard names; GPT-2 maps them through attribute_map) --
     def ffn_size(self, config: PretrainedConfig) -> int:

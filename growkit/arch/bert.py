@@ -13,10 +13,11 @@ unread ``cls.predictions.bias`` is kept as ``mlm_bias`` for an exact round trip.
 """
 from __future__ import annotations
 
-from transformers import BertConfig
+from transformers import BertConfig, BertForMaskedLM, BertModel
 
 from ..core.errors import GrowError
-from .base import Adapter, Entry, linear, norm
+from ..core.canonical import Dims
+from .base import MASKED, TINY_TOKENS, Adapter, Entry, linear, norm
 
 LAYER = "encoder.layer.{i}."
 PRED = "cls.predictions."
@@ -25,6 +26,16 @@ PRED = "cls.predictions."
 class BertAdapter(Adapter):
     family = "bert"
     model_type = "bert"
+    head_class, base_class = BertForMaskedLM, BertModel
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=64,
+                max_position_embeddings=32, type_vocab_size=2, hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0, **TINY_TOKENS)
+    objective = MASKED
+    gated_mlp = False
+    learned_positions = True
+    post_norm = True
+    head_dim_from_hidden = True
+    supports_gqa = False
     tied_norm = "head_norm"
     layer_entries = (
         *linear("layer.q", LAYER + "attention.self.query"),
@@ -52,6 +63,10 @@ class BertAdapter(Adapter):
         super().check_config(config)
         if getattr(config, "add_cross_attention", False):
             raise GrowError("BERT with cross-attention (add_cross_attention=True) is not supported")
+
+    def edge_flops_per_token(self, config: BertConfig, dims: Dims, seq_len: int, head: bool) -> float:
+        """The decoder, and the MLM head's transform before it."""
+        return super().edge_flops_per_token(config, dims, seq_len, head) + (2 * dims.hidden**2 if head else 0)
 
     # --- the MLM decoder bias (see the module docstring) ---------------------
     @staticmethod

@@ -4,9 +4,9 @@ from __future__ import annotations
 import warnings
 
 import torch
-from transformers import GPT2Config
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
-from .base import Adapter, Entry, linear, norm
+from .base import TINY_TOKENS, Adapter, Entry, linear, norm
 
 LAYER = "h.{i}."
 
@@ -14,6 +14,13 @@ LAYER = "h.{i}."
 class GPT2Adapter(Adapter):
     family = "gpt2"
     model_type = "gpt2"
+    head_class, base_class = GPT2LMHeadModel, GPT2Model
+    tiny = dict(n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=32,
+                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **TINY_TOKENS)
+    gated_mlp = False
+    learned_positions = True
+    head_dim_from_hidden = True
+    supports_gqa = False
     ffn_field = "n_inner"
     layer_entries = (
         *norm("layer.norm1", LAYER + "ln_1"),

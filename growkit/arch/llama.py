@@ -7,17 +7,21 @@ Biases (``attention_bias``, ``mlp_bias``) are mapped when the config has them.
 """
 from __future__ import annotations
 
-from .base import Adapter, Entry, linear, norm
+from transformers import LlamaForCausalLM, LlamaModel
+
+from .base import TINY_TOKENS, Adapter, Entry, linear, norm
 
 LAYER = "layers.{i}."
 ATTN = LAYER + "self_attn."
 MLP = LAYER + "mlp."
 
+
 class LlamaAdapter(Adapter):
     family = "llama"
     model_type = "llama"
-    head_dim_from_hidden = False
-    supports_gqa = True
+    head_class, base_class = LlamaForCausalLM, LlamaModel
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                intermediate_size=64, vocab_size=64, max_position_embeddings=32, attention_dropout=0.0, **TINY_TOKENS)
     layer_entries = (
         *norm("layer.norm1", LAYER + "input_layernorm", bias=False),
         *linear("layer.q", ATTN + "q_proj"),

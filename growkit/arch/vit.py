@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from transformers import ViTConfig
+from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
 from ..core.canonical import Dims
 from ..core.errors import GrowError
-from .base import Adapter, Entry, linear, norm
+from .base import IMAGE, Adapter, Entry, linear, norm
 
 LAYER = "layers.{i}."
 EMB = "embeddings."
@@ -28,6 +28,17 @@ def _pair(x) -> tuple[int, int]:
 class ViTAdapter(Adapter):
     family = "vit"
     model_type = "vit"
+    head_class, base_class = ViTForImageClassification, ViTModel
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=8,
+                patch_size=4, num_channels=1, num_labels=10, hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0)
+    objective = IMAGE
+    gated_mlp = False
+    learned_positions = True
+    head_dim_from_hidden = True
+    supports_gqa = False
+    positions_field = None
+    count_fields = ("image_size", "patch_size", "num_channels", "num_labels")
     layer_entries = (
         *norm("layer.norm1", LAYER + "layernorm_before"),
         *linear("layer.q", LAYER + "attention.q_proj"),
@@ -45,6 +56,29 @@ class ViTAdapter(Adapter):
         *linear("pooler", "pooler.dense"),
         *linear("classifier", "classifier", head=True),
     )
+
+    def task_fields(self, *, seq_len: int, vocab_size: int, image_size: int, patch_size: int,
+                    num_labels: int) -> dict:
+        return {"image_size": image_size, "patch_size": patch_size, "num_channels": 1, "num_labels": num_labels}
+
+    def positions(self, config: ViTConfig, seq_len: int | None) -> int:
+        """The patches and the CLS token, whatever the text length."""
+        return (config.image_size // config.patch_size) ** 2 + 1
+
+    def edge_flops_per_token(self, config: ViTConfig, dims: Dims, seq_len: int, head: bool) -> float:
+        """The patch projection (patches only) and the classifier (the CLS token only), spread over the positions."""
+        patches = seq_len - 1
+        total = 2 * config.num_channels * config.patch_size**2 * dims.hidden * patches / seq_len
+        return total + (2 * dims.hidden * config.num_labels / seq_len if head else 0)
+
+    def edge_parameters(self, config: ViTConfig, dims: Dims) -> int:
+        """The patch projection, the position table and CLS token, and the classifier."""
+        patches = (config.image_size // config.patch_size) ** 2
+        return (config.num_channels * config.patch_size**2 * dims.hidden + (patches + 2) * dims.hidden
+                + dims.hidden * config.num_labels)
+
+    def logit_width(self, config: ViTConfig) -> int:
+        return 0  # the classifier reads the CLS token only
 
     def write_dims(self, config: ViTConfig, dims: Dims) -> None:
         if getattr(config, "pooler_output_size", None) == config.hidden_size:

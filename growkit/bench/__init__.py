@@ -8,11 +8,11 @@ same way, and measure the compute each needs to reach scratch's final loss.
 - :mod:`.report`: results.json, report.md and the tables (savings, paired differences, savings curve)
 - :mod:`.plots`: loss vs FLOPs, loss vs seconds, and the savings curve
 """
-from .presets import FAMILIES, PRESETS, Budget, Preset, Size, get_preset
+from .presets import PRESETS, Budget, Preset, Size, get_preset
 from .runner import DEFAULT_METHODS, BenchResult, BenchSpec, run_bench
 from .savings import Curve, compare, convergence, first_reach, savings
 
 __all__ = [
-    "BenchResult", "BenchSpec", "Budget", "Curve", "DEFAULT_METHODS", "FAMILIES", "PRESETS", "Preset", "Size",
+    "BenchResult", "BenchSpec", "Budget", "Curve", "DEFAULT_METHODS", "PRESETS", "Preset", "Size",
     "compare", "convergence", "first_reach", "get_preset", "run_bench", "savings",
 ]

@@ -23,14 +23,12 @@ from dataclasses import dataclass, field
 
 from transformers import PretrainedConfig
 
-from ..arch import adapter_for
-from ..arch.tiny import tiny_config
+from ..arch import ADAPTERS, IMAGE, adapter_for, family_adapter
+from ..core.canonical import Dims
 from ..core.errors import GrowError
 from ..train import TrainConfig
 
-FAMILIES = ("gpt2", "bert", "vit", "llama")
 PRESETS = ("smoke", "tiny", "tiny-long", "small")
-LONG_FAMILIES = ("gpt2", "llama", "bert")  #: tiny-long is defined for the text families
 
 
 @dataclass(frozen=True)
@@ -96,29 +94,26 @@ class Preset:
             rest["source_budget"] = dataclasses.replace(self.source_budget, **source)
         return dataclasses.replace(self, **rest)
 
+    @property
+    def images(self) -> bool:
+        """Whether the family learns from images (digits or an image folder) rather than text."""
+        return family_adapter(self.family).objective == IMAGE
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     # --- configs ------------------------------------------------------------
     def source_config(self, vocab_size: int | None = None, num_labels: int | None = None) -> PretrainedConfig:
         """The small model's config (vocabulary from the tokenizer, labels from the image data)."""
-        s, f = self.source, self.family
+        s, adapter = self.source, family_adapter(self.family)
         if s.hidden % s.heads:
             raise GrowError(f"preset {self.name}: {s.heads} heads do not divide hidden {s.hidden}")
-        common = dict(num_hidden_layers=s.layers, hidden_size=s.hidden, num_attention_heads=s.heads,
-                      intermediate_size=4 * s.hidden)
-        if f == "gpt2":
-            kw = dict(n_layer=s.layers, n_embd=s.hidden, n_head=s.heads, n_positions=self.seq_len,
-                      vocab_size=vocab_size or self.vocab_size)
-        elif f == "bert":
-            kw = dict(common, max_position_embeddings=self.seq_len, vocab_size=vocab_size or self.vocab_size)
-        elif f == "llama":
-            kw = dict(common, num_key_value_heads=s.heads, head_dim=s.hidden // s.heads,
-                      max_position_embeddings=self.seq_len, vocab_size=vocab_size or self.vocab_size)
-        else:
-            kw = dict(common, image_size=self.image_size, patch_size=self.patch_size, num_channels=1,
-                      num_labels=num_labels or 10)
-        return tiny_config(f, **kw)
+        config = adapter.tiny_config(**adapter.task_fields(
+            seq_len=self.seq_len, vocab_size=vocab_size or self.vocab_size, image_size=self.image_size,
+            patch_size=self.patch_size, num_labels=num_labels or 10))
+        adapter.write_dims(config, Dims(hidden=s.hidden, ffn=4 * s.hidden, heads=s.heads, kv_heads=s.heads,
+                                        head_dim=s.hidden // s.heads, layers=s.layers))
+        return config
 
     def target_config(self, source_config: PretrainedConfig) -> PretrainedConfig:
         """The target's config: the source's at the target's layers and width (head_dim kept)."""
@@ -149,16 +144,16 @@ def _presets(family: str) -> dict[str, Preset]:
         budget=Budget(steps=6000, lr=6e-4, warmup=200, eval_every=100),
         fit_steps=100, fit_lr=1e-3, seq_len=128, batch_size=32, vocab_size=8192, device="auto",
     )
-    if family == "vit":  # digits: 1,797 images; patches of 4 on 16x16 -> 17 positions
+    if family_adapter(family).objective == IMAGE:  # digits: 1,797 images; patches of 4 on 16x16 -> 17 positions
         # a 30% held-out split (539 images, all evaluated) keeps the eval loss from being a few lucky images
         tiny = tiny.replace(batch_size=32, image_size=16, patch_size=4, eval_fraction=0.3, eval_batches=17,
                             budget_lr=1e-3)
         small = small.replace(batch_size=64, image_size=32, patch_size=4)
-    presets = {"smoke": smoke, "tiny": tiny, "small": small}
-    if family in LONG_FAMILIES:
-        # eval every 50: an evaluation costs ~4 training steps, so every 25 would add ~16% to the run
-        presets["tiny-long"] = tiny.replace(name="tiny-long", budget_steps=2500, budget_eval_every=50)
-    return presets
+        return {"smoke": smoke, "tiny": tiny, "small": small}
+    # tiny-long is defined for the text families;
+    # eval every 50: an evaluation costs ~4 training steps, so every 25 would add ~16% to the run
+    tiny_long = tiny.replace(name="tiny-long", budget_steps=2500, budget_eval_every=50)
+    return {"smoke": smoke, "tiny": tiny, "small": small, "tiny-long": tiny_long}
 
 
 def demo_preset() -> Preset:
@@ -176,12 +171,12 @@ def demo_preset() -> Preset:
 
 
 def get_preset(family: str, name: str) -> Preset:
-    """The preset ``name`` (smoke, tiny, tiny-long, small) for ``family`` (gpt2, bert, vit, llama)."""
-    if family not in FAMILIES:
-        raise GrowError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    """The preset ``name`` (smoke, tiny, tiny-long, small) for ``family`` (any registered family)."""
+    family_adapter(family)  # an unknown family is refused with the list of known ones
     if name not in PRESETS:
         raise GrowError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     presets = _presets(family)
     if name not in presets:
-        raise GrowError(f"preset {name!r} is defined for {', '.join(LONG_FAMILIES)}, not {family}")
+        text = [a.family for a in ADAPTERS.values() if a.objective != IMAGE]
+        raise GrowError(f"preset {name!r} is defined for the text families ({', '.join(text)}), not {family}")
     return presets[name]

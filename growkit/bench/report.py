@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from statistics import mean
 
+from ..arch import IMAGE, family_adapter
 from ..settings import FitConfig
 from .runner import BenchResult
 from .savings import CURVE_FRACTIONS, Comparison, Curve, compare, convergence, savings_curve
@@ -268,7 +269,7 @@ def report_markdown(summary: dict) -> str:
     seeds = info["seeds"]
     lines = [f"# growkit bench: {info['family']}, preset {info['preset']}", ""]
     data = info["data"]
-    if info["family"] == "vit":
+    if family_adapter(info["family"]).objective == IMAGE:
         shape = f"images {p['image_size']}x{p['image_size']}, patch {p['patch_size']}, batch {p['batch_size']}"
     else:
         shape = f"{info['data_info'].get('tokens', '?')} tokens, BPE vocab {info['vocab_size']}, seq {p['seq_len']}, batch {p['batch_size']}"

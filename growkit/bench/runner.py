@@ -173,12 +173,12 @@ def _check_settings(spec: BenchSpec, out: Path) -> None:
 def load_data(spec: BenchSpec, out: Path) -> TaskData | TokenTaskData:
     """The benchmark's TaskData; the tokenizer is trained once and kept in OUT/tokenizer."""
     p = spec.preset
-    if p.family == "vit":
+    if p.images:
         path = None if spec.data in (None, "digits") else spec.data
-        return build_task_data("vit", path=path, image_size=p.image_size, batch_size=p.batch_size,
+        return build_task_data(p.family, path=path, image_size=p.image_size, batch_size=p.batch_size,
                                eval_batches=p.eval_batches, eval_fraction=p.eval_fraction, seed=0)
     if spec.data == "digits":
-        raise GrowError("'digits' is image data, for --family vit; text families take a text file or folder")
+        raise GrowError(f"'digits' is image data, for --family vit; {p.family} takes a text file or folder")
     if spec.data and is_token_folder(spec.data):  # streamed from disk, with the folder's tokenizer and split
         return build_task_data(p.family, path=spec.data, seq_len=p.seq_len, batch_size=p.batch_size,
                                eval_batches=p.eval_batches, seed=0)
@@ -194,7 +194,7 @@ def load_data(spec: BenchSpec, out: Path) -> TaskData | TokenTaskData:
 
 
 def _source_config(spec: BenchSpec, data: TaskData):
-    if spec.preset.family == "vit":
+    if spec.preset.images:
         return spec.preset.source_config(num_labels=len(data.info["classes"]))
     return spec.preset.source_config(vocab_size=len(data.tokenizer))
 
@@ -417,7 +417,7 @@ class Runner:
         for note in skipped.values():
             self.log(f"note: {note}")
         distributed.on_main(_check_settings, spec, self.out)
-        self.log("data: " + ("loading" if p.family == "vit" else "tokenising the corpus (the first time: training the BPE)"))
+        self.log("data: " + ("loading" if p.images else "tokenising the corpus (the first time: training the BPE)"))
         data = distributed.main_first(lambda: load_data(spec, self.out))  # rank 0 saves the tokenizer, the others load it
         if spec.jobs > 1:
             sources, runs = self._in_workers(methods)
@@ -432,7 +432,7 @@ class Runner:
             "family": p.family, "preset": p.name, "methods": methods, "seeds": list(spec.seeds),
             "source": str(p.source), "target": str(p.target),
             "source_params": params_count(config), "target_params": params_count(target_config),
-            "data": spec.data or ("digits" if p.family == "vit" else "embedded corpus"), "data_info": data.info,
+            "data": spec.data or ("digits" if p.images else "embedded corpus"), "data_info": data.info,
             "vocab_size": None if data.tokenizer is None else len(data.tokenizer),
         }
         return BenchResult(spec, self.out, runs, sources, skipped, info, list(self.trained))

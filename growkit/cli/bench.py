@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
             "  growkit bench --family gpt2 --preset tiny --lr 1e-3 --out runs/bench-gpt2-tiny-lr1e-3"
         ),
     )
-    p.add_argument("--family", choices=("gpt2", "bert", "vit", "llama"), default="gpt2", help="model family (default gpt2)")
+    p.add_argument("--family", default="gpt2",
+                   help="model family: gpt2, bert, vit, llama or any other growkit supports (default gpt2)")
     p.add_argument("--preset", choices=("smoke", "tiny", "tiny-long", "small"), default="tiny",
                    help="sizes and budgets (default tiny)")
     p.add_argument("--methods", default=DEFAULT_METHODS,

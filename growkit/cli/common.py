@@ -54,12 +54,14 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 
 def default_seq_len(config: PretrainedConfig, seq_len: int | None) -> int:
     """``--seq-len``, or 128 capped at the model's positions; refused when it exceeds them."""
-    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    from ..arch import adapter_for
+
+    limit = adapter_for(config).max_positions(config)
     if seq_len is None:
         return min(128, limit or 128)
     if seq_len < 1:
         raise GrowError(f"--seq-len must be positive, got {seq_len}")
-    if config.model_type != "vit" and limit is not None and seq_len > limit:
+    if limit is not None and seq_len > limit:
         raise GrowError(f"--seq-len {seq_len} exceeds the model's {limit} positions")
     return seq_len
 
@@ -153,12 +155,13 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 
 def task_data(args: argparse.Namespace, config: PretrainedConfig, tokenizer):
     """The TaskData a command trains or fits on, from ``--data`` or the embedded default."""
+    from ..arch import adapter_for
     from ..data import build_task_data
 
     path = None if args.data in (None, "digits") else args.data
     seq_len = default_seq_len(config, args.seq_len)
     return build_task_data(
-        config.model_type, path=path, tokenizer=tokenizer, config=config,
+        adapter_for(config).family, path=path, tokenizer=tokenizer, config=config,
         seq_len=seq_len, batch_size=args.batch_size, seed=args.seed,
     )
 

@@ -25,9 +25,6 @@ from .common import (
     resume_hint,
 )
 
-HEADLESS = ("GPT2Model", "BertModel", "ViTModel", "LlamaModel")
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     p = sub.add_parser(
@@ -125,6 +122,7 @@ def _extends(old: dict | None, new: dict) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
+    from ..arch import IMAGE, adapter_for
     from ..checkpoint import check_same_run, digest_model_folder, read_run, remove, run_lock, write_run
     from ..data import build_task_data, load_tokenizer
     from ..device import resolve_device
@@ -154,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
         distributed.check_batch(args.batch_size)
         _check_out(out, cfg)  # every process checks before rank 0 writes anything (the barrier below)
     config = load_config(args.model_dir)
+    adapter = adapter_for(config)
     name = model_class(config).__name__
-    if name in HEADLESS:
+    if model_class(config) is adapter.base_class:
         raise GrowError(f"{args.model_dir} holds a {name}, which has no head and so no training loss; save the model with its head")
     check_batch_size(args.batch_size)
     seq_len = default_seq_len(config, args.seq_len)
@@ -167,12 +166,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     check_memory(est, device)
     model = load_pretrained(args.model_dir)
-    family = model.config.model_type
     tokenizer = None
-    if family != "vit" and (args.model_dir / "tokenizer.json").is_file():
+    if adapter.objective != IMAGE and (args.model_dir / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(args.model_dir)
     data = build_task_data(
-        family, path=None if args.data in (None, "digits") else args.data, tokenizer=tokenizer,
+        adapter.family, path=None if args.data in (None, "digits") else args.data, tokenizer=tokenizer,
         config=model.config, seq_len=seq_len, batch_size=args.batch_size,
     )
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()

@@ -1,5 +1,5 @@
 """Offline data for every family: corpus, tokenizer, tokens folders and deterministic batches (imports core only)."""
-from .batches import KIND, Masker, TaskData, build_task_data
+from .batches import Masker, TaskData, build_task_data
 from .corpus import embedded_text, read_text
 from .images import digits, image_folder
 from .pretokenize import tokenize_corpus
@@ -8,7 +8,6 @@ from .token_stream import TokenTaskData
 from .tokenizer import check_vocab, load_tokenizer, train_bpe
 
 __all__ = [
-    "KIND",
     "Masker",
     "TaskData",
     "TokenCorpus",

@@ -15,10 +15,11 @@ from typing import Iterator
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
+from ..arch import IMAGE, MASKED, adapter_for, family_adapter
 from ..core.errors import GrowError
 from .corpus import embedded_text, read_text
 from .images import digits, image_folder
-from .model_batches import KIND, Batch, Masker, eval_set, frame, masker_for, model_batch, spread
+from .model_batches import Batch, Masker, eval_set, frame, masker_for, model_batch, spread
 from .token_folder import is_token_folder
 from .token_stream import token_task_data
 from .tokenizer import check_vocab, encode, train_bpe
@@ -106,7 +107,7 @@ def _text_task(family, text, tokenizer, seq_len, batch_size, eval_fraction, eval
     n_eval = int(len(ids) * eval_fraction)
     splits = ids[: len(ids) - n_eval], ids[len(ids) - n_eval :]
     masker = None
-    if KIND[family] == "mlm":
+    if family_adapter(family).objective == MASKED:
         masker = masker_for(tokenizer)
 
         def rows(part: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,7 @@ def _text_task(family, text, tokenizer, seq_len, batch_size, eval_fraction, eval
     return _finish(data, {"input_ids": rows(splits[1])}, eval_batches, seed, f"sequences of {seq_len} tokens")
 
 
-def _image_task(path, image_size, channels, batch_size, eval_fraction, eval_batches, seed) -> TaskData:
+def _image_task(family, path, image_size, channels, batch_size, eval_fraction, eval_batches, seed) -> TaskData:
     if path is None:
         if channels != 1:
             raise GrowError(f"the built-in digits are greyscale (1 channel); the model expects {channels}")
@@ -135,13 +136,9 @@ def _image_task(path, image_size, channels, batch_size, eval_fraction, eval_batc
     n_train = len(labels) - int(len(labels) * eval_fraction)
     mean, std = images[:n_train].mean(), images[:n_train].std()
     images = (images - mean) / std
-    data = TaskData("vit", batch_size, {"pixel_values": images[:n_train], "labels": labels[:n_train]})
+    data = TaskData(family, batch_size, {"pixel_values": images[:n_train], "labels": labels[:n_train]})
     data.info["classes"] = classes
     return _finish(data, {"pixel_values": images[n_train:], "labels": labels[n_train:]}, eval_batches, seed, "images")
-
-
-def _max_positions(config: PretrainedConfig) -> int | None:
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
 def build_task_data(
@@ -159,7 +156,7 @@ def build_task_data(
     eval_batches: int = 8,
     seed: int = 0,
 ) -> TaskData:
-    """The train stream and held-out batches for ``family`` ('gpt2', 'llama', 'bert' or 'vit').
+    """The train stream and held-out batches for ``family`` (any registered family: its objective decides).
 
     Text comes from ``text``, else ``path`` (see :func:`read_text`), else the
     embedded corpus; the last ``eval_fraction`` of its tokens is held out and at
@@ -172,27 +169,26 @@ def build_task_data(
     are checked against it and the ViT image size and channels are taken from it.
     ``seed`` fixes the held-out choices (MLM eval masks, image split), not the train order.
     """
-    if family not in KIND:
-        raise GrowError(f"unknown family {family!r}; use one of {', '.join(KIND)}")
-    if config is not None and config.model_type != family:
-        raise GrowError(f"the data is for {family} but the model config is {config.model_type}")
+    adapter = family_adapter(family)
+    if config is not None and adapter_for(config) is not adapter:
+        raise GrowError(f"the data is for {family} but the model config is {adapter_for(config).family}")
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("image_size", image_size), ("eval_batches", eval_batches)):
         if value < 1:
             raise GrowError(f"{name} must be positive, got {value}")
     if not 0 < eval_fraction < 1:
         raise GrowError(f"eval_fraction must be between 0 and 1, got {eval_fraction}")
-    if KIND[family] == "image":
+    if adapter.objective == IMAGE:
         channels = 1
         if config is not None:
             image_size, channels = config.image_size, config.num_channels
-        data = _image_task(path, image_size, channels, batch_size, eval_fraction, eval_batches, seed)
+        data = _image_task(family, path, image_size, channels, batch_size, eval_fraction, eval_batches, seed)
         if config is not None and len(data.info["classes"]) > config.num_labels:
             raise GrowError(f"the data has {len(data.info['classes'])} classes but the model has num_labels={config.num_labels}")
         return data
-    if KIND[family] == "mlm" and seq_len < 3:
-        raise GrowError("BERT sequences need seq_len >= 3 ([CLS] text [SEP])")
+    if adapter.objective == MASKED and seq_len < 3:
+        raise GrowError(f"{family} sequences need seq_len >= 3 ([CLS] text [SEP])")
     if config is not None:
-        limit = _max_positions(config)
+        limit = adapter.max_positions(config)
         if limit is not None and seq_len > limit:
             raise GrowError(f"seq_len={seq_len} exceeds the model's {limit} positions")
     if text is None and path is not None and is_token_folder(path):

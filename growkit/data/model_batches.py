@@ -14,7 +14,6 @@ from transformers import PreTrainedTokenizerFast
 from ..core.errors import GrowError
 
 Batch = dict[str, torch.Tensor]
-KIND = {"gpt2": "causal", "llama": "causal", "bert": "mlm", "vit": "image"}
 MLM_PROB, MASK_FRAC, RANDOM_FRAC = 0.15, 0.8, 0.1
 
 

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
+from ..arch import IMAGE, MASKED, family_adapter
 from ..core.errors import GrowError
-from .model_batches import KIND, Batch, Masker, eval_set, frame, masker_for, model_batch, spread
+from .model_batches import Batch, Masker, eval_set, frame, masker_for, model_batch, spread
 from .pretokenize import tokenizer_digest
 from .token_folder import TOKENIZER_DIR, TokenCorpus
 from .tokenizer import check_vocab, load_tokenizer
@@ -81,8 +82,9 @@ def token_task_data(
     ``tokenizer`` (the model's) must be the one the folder was tokenized with;
     without one the folder's own copy is used.
     """
-    if KIND[family] == "image":
-        raise GrowError(f"{folder} holds text tokens; ViT trains on 'digits' or an image folder")
+    objective = family_adapter(family).objective
+    if objective == IMAGE:
+        raise GrowError(f"{folder} holds text tokens; {family} trains on 'digits' or an image folder")
     corpus = TokenCorpus(folder)
     if tokenizer is None:
         tokenizer = load_tokenizer(corpus.folder / TOKENIZER_DIR)
@@ -91,7 +93,7 @@ def token_task_data(
                         "with this model's: growkit tokenize DATA --tokenizer MODEL_DIR --out TOKENS_DIR")
     if config is not None:
         check_vocab(tokenizer, config)
-    masker = masker_for(tokenizer) if KIND[family] == "mlm" else None
+    masker = masker_for(tokenizer) if objective == MASKED else None
     data = TokenTaskData(family, batch_size, corpus, seq_len, tokenizer, masker)
     held, window = corpus.heldout, data.window
     if held.train_starts(window) < batch_size or held.eval_windows(window) < 1:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..arch import family_adapter
 from ..core.canonical import Canonical, Dims
 
 #: the residual branch outputs; zeroing them turns a pre-norm block into the identity
 RESIDUAL_OUTPUTS = ("layer.o", "layer.o_bias", "layer.mlp_out", "layer.mlp_out_bias")
-POST_NORM_FAMILIES = ("bert",)
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,15 @@ class DepthMap:
 DEPTH_MAPS = {"stack": DepthMap.stack, "interpolate": DepthMap.interpolate, "identity": DepthMap.identity}
 
 
+def is_post_norm(canon: Canonical) -> bool:
+    """Whether ``canon``'s family normalises after the residual add (no exact identity layer then)."""
+    return family_adapter(canon.family).post_norm
+
+
 def deepen(src: Canonical, n_layers: int, strategy: str) -> Canonical:
     """Grow ``src`` to ``n_layers`` layers with the named strategy."""
     dmap = DEPTH_MAPS[strategy](src.dims.layers, n_layers)
-    if any(dmap.silenced) and src.family in POST_NORM_FAMILIES:
+    if any(dmap.silenced) and is_post_norm(src):
         warnings.warn(
             f"{src.family} is post-norm: inserted layers keep their LayerNorms, so identity insertion "
             "preserves the function only where those norms are the identity",

@@ -107,7 +107,7 @@ from ..core.canonical import GROWABLE, Canonical, Dims, parse_axis
 from ..core.errors import GrowError
 from ..core.catalog import CATALOG, refuse_unused
 from . import METHODS, WIDTH_OPS, Method, register
-from .depth import DEPTH_MAPS, POST_NORM_FAMILIES, RESIDUAL_OUTPUTS
+from .depth import DEPTH_MAPS, RESIDUAL_OUTPUTS, is_post_norm
 from .mango_chunks import Workspace
 from .mango_contract import MAX_ELEMENTS, ring_map, ring_map_split, ring_path, source_layout
 from .operator import GrowthOperator
@@ -607,7 +607,7 @@ def _warn_inexact(source: Canonical, src: Packing, tgt: Packing, method: Method)
             "so its start is only close to the fixed method; F multiple of D avoids this",
             stacklevel=3,
         )
-    if method.depth == "identity" and source.family in POST_NORM_FAMILIES and tgt.dims.layers > src.dims.layers:
+    if method.depth == "identity" and is_post_norm(source) and tgt.dims.layers > src.dims.layers:
         warnings.warn(
             f"{source.family} is post-norm: inserted layers keep their LayerNorms, so the identity-insertion "
             "start preserves the function only where those norms are the identity",
