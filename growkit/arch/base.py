@@ -184,7 +184,26 @@ class Adapter:
             config.num_key_value_heads = dims.kv_heads
         if not self.head_dim_from_hidden:
             config.head_dim = dims.head_dim  # explicit, or HF re-derives it from hidden/heads
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = self.grown_layer_types(config.layer_types, dims.layers)
         self.check_config(config)
+
+    def grown_layer_types(self, types: list[str], layers: int) -> list[str]:
+        """The attention type of each of ``layers`` layers, from the source's per-layer ``types``.
+
+        Where every layer has the same type, the new layers get it too. Where types
+        alternate, a copied layer could land on a slot of the other type and attend
+        over another span, so depth growth is refused (Gemma overrides this).
+        """
+        if len(types) == layers:
+            return list(types)
+        if len(set(types)) > 1:
+            raise GrowError(
+                f"{self.family}'s layers mix attention types ({', '.join(sorted(set(types)))}): a layer copied to "
+                "another depth could change its attention span, so growkit does not grow its depth; keep "
+                f"num_hidden_layers at {len(types)}"
+            )
+        return [types[0]] * layers
 
     def rms_norm_eps(self, config: PretrainedConfig) -> float | None:
         """The norms' epsilon when every norm is an RMSNorm (HF names it ``rms_norm_eps``); None for LayerNorms."""
