@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import logits, model_inputs, perturb_norms
+from conftest import FAMILIES, logits, model_inputs, perturb_norms
 from torch.func import functional_call
 
 import growkit
@@ -14,7 +14,6 @@ from growkit.data import Masker, digits
 from growkit.fit import FitConfig, fit, target_loss
 from growkit.ops import METHODS, get_method, grow_fixed
 
-FAMILIES = ("gpt2", "bert", "vit", "llama")
 FIXED_INITS = ("stackbert", "interpolate", "net2net", "bert2bert", "exact")
 DOUBLE = {"hidden_size": 64, "num_hidden_layers": 4}
 UNEVEN = {"hidden_size": 48, "num_hidden_layers": 5}

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import logits, model_inputs, perturb_norms
+from conftest import DECODERS, logits, model_inputs, perturb_norms
 from torch.func import functional_call
 
 import growkit
@@ -280,7 +280,7 @@ def test_a_deep_gqa_start_by_a_non_integer_factor_equals_the_fixed_operator(init
 
 
 @pytest.mark.filterwarnings("ignore:bert is post-norm")
-@pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "vit"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "vit", *DECODERS])
 @pytest.mark.parametrize("init", list(MIN_RANK))
 def test_start_equals_the_fixed_operator(family, init):
     _, adapter, src, config = _grown(family)
@@ -431,7 +431,8 @@ def _pretrained(family: str, task: Task, steps: int = 150):
     return model.eval()
 
 
-@pytest.mark.parametrize("family,rank", [("gpt2", 1), ("bert", 1), ("vit", 1), ("llama", 2)])
+@pytest.mark.parametrize("family,rank", [("gpt2", 1), ("bert", 1), ("vit", 1), ("llama", 2),
+                                         *((family, 1) for family in DECODERS)])
 def test_fit_lowers_held_out_loss_and_trains_only_the_cores(family, rank, tmp_path):
     task = Task(family)
     source, held_out = _pretrained(family, task), task.held_out(16)
