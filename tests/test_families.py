@@ -1,0 +1,62 @@
+"""The newer decoders (Mistral, Qwen2, Qwen3, Phi-3) from a user's side: folders in, folders out.
+
+Each family's tiny model, written by Hugging Face's own ``save_pretrained``, is
+grown x2 in every width and by 2 layers with ``exact`` on the command line; the
+grown folder loads with ``AutoModelForCausalLM`` and computes the source's
+logits; ``inspect`` and ``train`` read it. The adapters' tensors are checked in
+test_arch_roundtrip.py, the operators in test_fixed_ops.py, test_zero_width.py,
+test_ligo.py and test_mango.py.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DECODERS, perturb_norms
+from transformers import AutoModelForCausalLM
+
+from growkit.arch import adapter_for
+from growkit.arch.tiny import tiny_config, tiny_model
+from growkit.cli import main
+from growkit.core.errors import GrowError
+from growkit.data import embedded_text
+
+VOCAB = 512
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_grow_inspect_and_train_a_saved_folder(family, tmp_path, capsys):
+    source = tiny_model(family, vocab_size=VOCAB, tie_word_embeddings=family == "qwen3")
+    perturb_norms(source)
+    source.save_pretrained(tmp_path / "small")
+    (tmp_path / "text.txt").write_text(embedded_text(20_000), encoding="utf-8")
+    grown = tmp_path / "grown"
+    assert main(["grow", str(tmp_path / "small"), str(grown), "--method", "exact", "--hidden", "64",
+                 "--layers", "4"]) == 0
+    big = AutoModelForCausalLM.from_pretrained(grown).eval()
+    assert type(big) is type(source)
+    config = big.config
+    assert (config.hidden_size, config.num_attention_heads, config.num_key_value_heads) == (64, 8, 4)
+    assert (config.intermediate_size, config.num_hidden_layers) == (128, 4)
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (big(input_ids=ids).logits - source(input_ids=ids).logits).abs().max() <= 1e-4
+    capsys.readouterr()
+    assert main(["inspect", str(grown)]) == 0
+    out = capsys.readouterr().out
+    assert family in out and f"{sum(p.numel() for p in big.parameters()):,}" in out
+    assert main(["train", str(grown), "--out", str(tmp_path / "run"), "--steps", "2", "--eval-every", "2",
+                 "--checkpoint-every", "0", "--data", str(tmp_path / "text.txt"), "--seq-len", "16",
+                 "--batch-size", "2", "--no-progress"]) == 0
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+def test_depth_growth_keeps_a_uniform_layer_pattern_and_refuses_a_mixed_one():
+    config = tiny_config("qwen2")
+    adapter = adapter_for(config)
+    grown = adapter.target_config(config, {"num_hidden_layers": 5})
+    assert grown.layer_types == ["full_attention"] * 5
+    mixed = tiny_config("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    assert mixed.layer_types == ["full_attention", "sliding_attention"]
+    assert adapter.target_config(mixed, {"hidden_size": 64}).layer_types == mixed.layer_types  # width only: kept
+    with pytest.raises(GrowError, match="mix attention types"):
+        adapter.target_config(mixed, {"num_hidden_layers": 3})
