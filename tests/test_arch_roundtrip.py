@@ -63,9 +63,14 @@ def assert_round_trip(model) -> None:
     before, after = model.state_dict(), rebuilt.state_dict()
     assert set(before) == set(after)
     for key in before:
-        assert torch.equal(before[key], after[key]), key
+        assert torch.equal(before[key], after[key]) or _same_gain(model, key, before[key], after[key]), key
     inputs = model_inputs(model, seq=7)
     assert torch.equal(logits(model, inputs), logits(rebuilt, inputs))
+
+
+def _same_gain(model, key: str, before: torch.Tensor, after: torch.Tensor) -> bool:
+    """Gemma's norms: the forward reads only 1 + w (in fp32), which the canonical view holds exactly."""
+    return model.config.model_type == "gemma2" and "norm" in key and torch.equal(1.0 + before, 1.0 + after)
 
 
 # --- random configs --------------------------------------------------------

@@ -185,7 +185,8 @@ def test_only_the_operator_learns_and_the_source_is_untouched(family, pretrained
 
 @pytest.mark.parametrize(
     "family,overrides",
-    [("gpt2", {}), ("bert", {}), ("llama", {"tie_word_embeddings": True}), ("llama", {}), ("vit", {})],
+    [("gpt2", {}), ("bert", {}), ("llama", {"tie_word_embeddings": True}), ("llama", {}), ("vit", {}),
+     ("gemma2", {"tie_word_embeddings": True})],  # Gemma: the tied head reads the width-rescaled embedding
 )
 def test_saved_model_is_the_model_the_operator_was_fit_for(family, overrides, tmp_path):
     """The official code's bug: with tied embeddings the saved decoder overwrote the fitted embeddings."""
@@ -197,7 +198,7 @@ def test_saved_model_is_the_model_the_operator_was_fit_for(family, overrides, tm
     adapter = adapter_for(big)
     assert adapter.is_tied(big) == (family in ("gpt2", "bert") or bool(overrides))
     tensors = result.operator()
-    params = adapter.hf_state_dict(tensors, big, adapter.is_tied(big))
+    params = adapter.hf_state_dict(tensors, big, adapter.is_tied(big), result.operator.source_meta.extra)
     inputs = model_inputs(big)
     with torch.no_grad():
         fitted = functional_call(big, params, args=(), kwargs=inputs, strict=False).logits

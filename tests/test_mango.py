@@ -454,7 +454,7 @@ def test_fit_lowers_held_out_loss_and_trains_only_the_cores(family, rank, tmp_pa
     loaded = type(grown).from_pretrained(tmp_path).eval()
     adapter = adapter_for(grown)
     with torch.no_grad():
-        params = adapter.hf_state_dict(op(), grown, op.source_meta.tied)
+        params = adapter.hf_state_dict(op(), grown, op.source_meta.tied, op.source_meta.extra)
         inputs = model_inputs(grown)
         expected = functional_call(grown, params, args=(), kwargs=inputs, strict=False).logits
     assert (logits(loaded, inputs) - expected).abs().max() < 1e-6
@@ -471,7 +471,7 @@ def test_every_core_gets_gradients_at_a_rank_above_the_start():
     batch = Task("gpt2").held_out(1)[0]
     fit(op, template, adapter, [batch], FitConfig(steps=2, progress=False))  # step 1 wakes the zero S_B slices
     op.zero_grad()
-    params = adapter.hf_state_dict(op(), template, op.source_meta.tied)
+    params = adapter.hf_state_dict(op(), template, op.source_meta.tied, op.source_meta.extra)
     functional_call(template, params, args=(), kwargs=batch, strict=False).loss.backward()
     for name, core in op.named_parameters():
         assert (core.grad[1, :, :, 1] != 0).any(), name  # the extra ring slice learns

@@ -10,6 +10,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from ..core.errors import GrowError
 from .base import CAUSAL, IMAGE, MASKED, Adapter, Entry
 from .bert import BertAdapter
+from .gemma2 import Gemma2Adapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
 from .mistral import MistralAdapter
@@ -31,7 +32,7 @@ def register_adapter(adapter: Adapter) -> Adapter:
 
 
 for _adapter in (GPT2Adapter(), BertAdapter(), ViTAdapter(), LlamaAdapter(), MistralAdapter(), Qwen2Adapter(),
-                 Qwen3Adapter(), Phi3Adapter()):
+                 Qwen3Adapter(), Phi3Adapter(), Gemma2Adapter()):
     register_adapter(_adapter)
 
 

@@ -189,21 +189,14 @@ class Adapter:
         self.check_config(config)
 
     def grown_layer_types(self, types: list[str], layers: int) -> list[str]:
-        """The attention type of each of ``layers`` layers, from the source's per-layer ``types``.
+        """The attention type of each of ``layers`` layers in a target config: the source's pattern, stacked.
 
-        Where every layer has the same type, the new layers get it too. Where types
-        alternate, a copied layer could land on a slot of the other type and attend
-        over another span, so depth growth is refused (Gemma overrides this).
+        Layer l gets the type of source layer l mod L1, the layer a stacked copy
+        comes from (the learned operators' default start). A fixed method's grown
+        model then takes each layer's type from the layer it copies instead (see
+        :meth:`from_canonical`), so a copy keeps its attention span.
         """
-        if len(types) == layers:
-            return list(types)
-        if len(set(types)) > 1:
-            raise GrowError(
-                f"{self.family}'s layers mix attention types ({', '.join(sorted(set(types)))}): a layer copied to "
-                "another depth could change its attention span, so growkit does not grow its depth; keep "
-                f"num_hidden_layers at {len(types)}"
-            )
-        return [types[0]] * layers
+        return [types[layer % len(types)] for layer in range(layers)]
 
     def rms_norm_eps(self, config: PretrainedConfig) -> float | None:
         """The norms' epsilon when every norm is an RMSNorm (HF names it ``rms_norm_eps``); None for LayerNorms."""
@@ -271,16 +264,31 @@ class Adapter:
             for name in (self.tied_norm, self.tied_norm + "_bias"):
                 if name in specs:
                     specs[name] = ("D.in",)
-        extra = {"rms_norm": True} if self.rms_norm_eps(config) is not None else {}
-        canon = Canonical(self.family, dims, tensors, specs, tied=tied, extra=extra)
+        canon = Canonical(self.family, dims, tensors, specs, tied=tied, extra=self.canonical_facts(config))
         canon.validate()
         return canon
 
-    def hf_state_dict(self, tensors: dict[str, Tensor], model: PreTrainedModel, tied: bool) -> dict[str, Tensor]:
+    def canonical_facts(self, config: PretrainedConfig) -> dict:
+        """What the canonical view's ``extra`` records about the source beyond its tensors.
+
+        ``rms_norm``: every norm is an RMSNorm (zero-extension applies).
+        ``layer_types``: the attention type of each layer, where they differ
+        (:meth:`from_canonical` gives a copied layer its source's type).
+        """
+        facts: dict = {"rms_norm": True} if self.rms_norm_eps(config) is not None else {}
+        types = getattr(config, "layer_types", None)
+        if types is not None and len(set(types)) > 1:
+            facts["layer_types"] = tuple(types)
+        return facts
+
+    def hf_state_dict(self, tensors: dict[str, Tensor], model: PreTrainedModel, tied: bool,
+                      extra: dict | None = None) -> dict[str, Tensor]:
         """HF-keyed tensors for ``model`` from canonical ``tensors``, without copying.
 
         Differentiable: ``fit`` feeds its result to ``torch.func.functional_call``.
         Tied decoders get no entry of their own; HF ties them to the embedding.
+        ``extra`` is the canonical view's facts (see :meth:`canonical_facts`), for
+        an adapter whose tensors depend on the source's sizes (Gemma's embedding scale).
         """
         config = model.config
         prefix = self.prefix(model)
@@ -302,6 +310,8 @@ class Adapter:
         An operator that rescaled the RMSNorm gains (zero-extension) leaves
         ``extra["rms_norm_eps_scale"]``: the model gets a copy of ``config`` with
         ``rms_norm_eps`` scaled to match, so the config travels with the weights.
+        Likewise a depth operator leaves ``extra["layer_source"]``: where the
+        source's layers mix attention types, each layer gets its source layer's type.
         """
         canon.validate()
         if self.dims(config) != canon.dims:
@@ -310,8 +320,12 @@ class Adapter:
         if eps_scale != 1.0:
             config = copy.deepcopy(config)
             config.rms_norm_eps = self.rms_norm_eps(config) * eps_scale
+        types, source = canon.extra.get("layer_types"), canon.extra.get("layer_source")
+        if types is not None and source is not None:
+            config = copy.deepcopy(config)
+            config.layer_types = [types[s] for s in source]
         model = model_class(config)
-        sd = self.hf_state_dict(canon.tensors, model, canon.tied)
+        sd = self.hf_state_dict(canon.tensors, model, canon.tied, canon.extra)
         own = model.state_dict()
         unknown = sorted(set(sd) - set(own))
         if unknown:

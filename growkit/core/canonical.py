@@ -39,6 +39,7 @@ _PER_LAYER: dict[str, tuple[str, ...]] = {
     "norm1": ("D.out",), "norm1_bias": ("D.out",),
     "norm2": ("D.out",), "norm2_bias": ("D.out",),
     "q_norm": ("H",), "k_norm": ("H",),
+    "post_attn_norm": ("D.out",), "post_mlp_norm": ("D.out",),
 }  # fmt: skip
 
 #: every role's axis spec: the same in every family, so adapters only say where a role lives
