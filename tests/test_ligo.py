@@ -207,7 +207,8 @@ def test_saved_model_is_the_model_the_operator_was_fit_for(family, overrides, tm
     loaded = type(big).from_pretrained(tmp_path).eval()
     torch.testing.assert_close(logits(loaded, inputs), fitted, rtol=0, atol=1e-6)
     if adapter.is_tied(big):
-        assert torch.equal(loaded.get_output_embeddings().weight, tensors["tok_emb"].detach())
+        key = next(n for n, p in big.named_parameters() if p is big.get_input_embeddings().weight)
+        assert torch.equal(loaded.get_output_embeddings().weight, params[key].detach())  # the fitted embedding
 
 
 # --- the fit ----------------------------------------------------------------------
