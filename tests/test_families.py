@@ -19,6 +19,7 @@ from growkit.arch import adapter_for
 from growkit.arch.tiny import tiny_config, tiny_model
 from growkit.cli import main
 from growkit.data import embedded_text
+from growkit.fit import FitConfig
 
 VOCAB = 512
 
@@ -93,3 +94,17 @@ def test_gemma_keeps_the_function_through_its_embedding_scale_and_unit_offset_no
     torch.testing.assert_close(final, 1 + source.model.norm.weight)
     post = 1 + grown.model.layers[0].post_attention_layernorm.weight[:32]
     torch.testing.assert_close(post, (1 + source.model.layers[0].post_attention_layernorm.weight) * ratio)
+
+
+@pytest.mark.parametrize("method", ["ligo", "mango"])
+def test_a_learned_start_gives_each_layer_the_type_of_the_layer_it_starts_from(method):
+    """A learned operator started from ``exact`` (identity layers in place) is exact on Gemma 2 too."""
+    source = tiny_model("gemma2")
+    perturb_norms(source)
+    ids = torch.randint(4, 64, (4, 12), generator=torch.Generator().manual_seed(0))
+    options = {"noise": 0.0} if method == "mango" else {}
+    grown = grow(source, {"hidden_size": 64, "num_hidden_layers": 4}, method, init="exact",
+                 data=[{"input_ids": ids, "labels": ids}], fit_config=FitConfig(steps=0, progress=False), **options)
+    assert grown.config.layer_types == ["sliding_attention", "sliding_attention", "full_attention", "full_attention"]
+    with torch.no_grad():
+        assert (grown(input_ids=ids).logits - source(input_ids=ids).logits).abs().max() <= 1e-4
