@@ -31,7 +31,7 @@ import math
 from transformers import Gemma2ForCausalLM, Gemma2Model
 
 from ..core.canonical import Canonical
-from .base import TINY_TOKENS, Entry, linear, norm
+from .base import Entry, linear, norm
 from .llama import ATTN, LAYER, MLP, LlamaAdapter
 
 #: every canonical norm gain, stored in HF as w with the effective gain 1 + w
@@ -43,9 +43,7 @@ class Gemma2Adapter(LlamaAdapter):
     model_type = "gemma2"
     head_class, base_class = Gemma2ForCausalLM, Gemma2Model
     # a window shorter than the test texts, so that a layer with the wrong attention type would show
-    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                intermediate_size=64, vocab_size=64, max_position_embeddings=32, sliding_window=4,
-                query_pre_attn_scalar=8, attention_dropout=0.0, **TINY_TOKENS)
+    tiny = {**LlamaAdapter.tiny, "sliding_window": 4, "query_pre_attn_scalar": 8}
     layer_entries = (
         *norm("layer.norm1", LAYER + "input_layernorm", bias=False),
         *linear("layer.q", ATTN + "q_proj"),

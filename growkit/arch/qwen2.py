@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from transformers import Qwen2ForCausalLM, Qwen2Model
 
-from .base import TINY_TOKENS
 from .llama import LlamaAdapter
 
 
@@ -17,6 +16,3 @@ class Qwen2Adapter(LlamaAdapter):
     family = "qwen2"
     model_type = "qwen2"
     head_class, base_class = Qwen2ForCausalLM, Qwen2Model
-    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=64, vocab_size=64, max_position_embeddings=32, attention_dropout=0.0,
-                **TINY_TOKENS)

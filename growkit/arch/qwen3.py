@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transformers import Qwen3ForCausalLM, Qwen3Model
 
-from .base import TINY_TOKENS, norm
+from .base import norm
 from .llama import ATTN, LlamaAdapter
 
 
@@ -16,9 +16,6 @@ class Qwen3Adapter(LlamaAdapter):
     family = "qwen3"
     model_type = "qwen3"
     head_class, base_class = Qwen3ForCausalLM, Qwen3Model
-    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                intermediate_size=64, vocab_size=64, max_position_embeddings=32, attention_dropout=0.0,
-                **TINY_TOKENS)
     layer_entries = (
         *LlamaAdapter.layer_entries,
         *norm("layer.q_norm", ATTN + "q_norm", bias=False),
