@@ -83,7 +83,11 @@ class Adapter:
         ``positions_field`` ("max_position_embeddings"; None: no text length),
         ``count_fields`` (config fields checked to be positive integers).
     May override: ``dims``/``write_dims``/``check_config`` (config names),
-    ``extra_to_canonical``/``extra_from_canonical`` (special tensors),
+    ``extra_to_canonical``/``extra_from_canonical`` (special tensors: fused
+    projections), ``to_canonical``/``hf_state_dict`` (tensors stored in another
+    form than the one the operators need: Gemma's 1 + w gains and scaled
+    embedding), ``canonical_facts`` (what the view records in ``extra``),
+    ``grown_layer_types`` (per-layer attention types of a deeper target),
     ``positions`` (positions one example occupies), ``edge_flops_per_token``
     and ``edge_parameters`` (embeddings and head, for FLOP and size counts),
     ``logit_width`` and ``task_fields`` (a benchmark model's data-shaped fields).

@@ -31,7 +31,7 @@ import math
 from transformers import Gemma2ForCausalLM, Gemma2Model
 
 from ..core.canonical import Canonical
-from .base import Entry, linear, norm
+from .base import linear, norm
 from .llama import ATTN, LAYER, MLP, LlamaAdapter
 
 #: every canonical norm gain, stored in HF as w with the effective gain 1 + w
@@ -57,7 +57,6 @@ class Gemma2Adapter(LlamaAdapter):
         *linear("layer.mlp_out", MLP + "down_proj"),
         *norm("layer.post_mlp_norm", LAYER + "post_feedforward_layernorm", bias=False),
     )
-    global_entries: tuple[Entry, ...] = LlamaAdapter.global_entries
 
     def canonical_facts(self, config):
         return {**super().canonical_facts(config), "embed_scale": math.sqrt(config.hidden_size)}
