@@ -10,6 +10,7 @@ Axis names
     ``L``  layers (leading axis of every ``layer.*`` tensor)
     ``D``  hidden (residual stream)      ``F``  feed-forward inner width
     ``Q``  query heads x head_dim        ``K``  key/value heads x head_dim
+    ``H``  one head's units (head_dim: a per-head norm's gain; never grown)
     anything else (``V`` vocab, ``P`` positions, ``T`` token types,
     ``C`` patch pixels, ``N`` labels) is never grown.
 
@@ -37,6 +38,8 @@ _PER_LAYER: dict[str, tuple[str, ...]] = {
     "mlp_out": ("F.in", "D.out"), "mlp_out_bias": ("D.out",),
     "norm1": ("D.out",), "norm1_bias": ("D.out",),
     "norm2": ("D.out",), "norm2_bias": ("D.out",),
+    "q_norm": ("H",), "k_norm": ("H",),
+    "post_attn_norm": ("D.out",), "post_mlp_norm": ("D.out",),
 }  # fmt: skip
 
 #: every role's axis spec: the same in every family, so adapters only say where a role lives

@@ -523,6 +523,7 @@ class MangoOperator(GrowthOperator):
         method = METHODS[init]
         noise = WIDTH_OPS[method.width].get("noise", 0.0) if noise is None else float(noise)
         self.init, self.max_elements = init, max_elements
+        self.layer_source = DEPTH_MAPS[method.depth](source.dims.layers, target_dims.layers).source
         self.workspace = Workspace()
         self.placements = _placements(source)
         self.src, self.tgt = Packing(self.placements, source.dims), Packing(self.placements, target_dims)

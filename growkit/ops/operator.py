@@ -24,6 +24,10 @@ class GrowthOperator(nn.Module):
         with fp32_region():
             return super().__call__(*args, **kwargs)
 
+    #: the source layer each target layer copies at the start (None: stacked); where the source's
+    #: layers mix attention types, the adapter gives each target layer its source layer's type
+    layer_source: tuple[int, ...] | None = None
+
     def __init__(self, source: Canonical, target_dims: Dims):
         super().__init__()
         self.source_meta = source.with_tensors({k: v.detach() for k, v in source.tensors.items()})
@@ -43,5 +47,7 @@ class GrowthOperator(nn.Module):
         """The target's canonical weights as plain tensors (no graph attached)."""
         tensors = {k: v.detach().clone().contiguous() for k, v in self().items()}
         canon = self.source_meta.with_tensors(tensors, self.target_dims)
+        if self.layer_source is not None:
+            canon.extra = {**canon.extra, "layer_source": self.layer_source}
         canon.validate()
         return canon

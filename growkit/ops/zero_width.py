@@ -48,8 +48,10 @@ zero-started output weights (see BENCHMARKS.md, "Zero-extension").
 LayerNorm subtracts the mean over all D2 dimensions: the zeros move the mean and
 the variance of the old dimensions by amounts that depend on the input, so no
 rescaling of the gain, the bias or eps restores them. LayerNorm models are
-refused. (Gemma's norms scale by 1 + w, not w: an adapter that stores such a
-gain must hand the canonical view ``1 + w`` for this rescaling to hold.)
+refused. Norms on a branch's output (Gemma's post-norms) see ``[y; 0]`` as well
+and are rescaled the same way. (Gemma's norms scale by 1 + w, not w: its
+adapter hands the canonical view the effective gain ``1 + w``, so this
+rescaling holds.)
 """
 from __future__ import annotations
 
@@ -62,7 +64,8 @@ from ..core.errors import GrowError
 
 Tensor = torch.Tensor
 #: the norm gains: scaled by sqrt(D1/D2) (the roles are the same in every family)
-NORM_GAINS = ("layer.norm1", "layer.norm2", "final_norm", "emb_norm", "head_norm")
+NORM_GAINS = ("layer.norm1", "layer.norm2", "layer.post_attn_norm", "layer.post_mlp_norm", "final_norm", "emb_norm",
+              "head_norm")
 NEW_WEIGHTS = ("random", "copy")
 
 
