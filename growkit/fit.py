@@ -132,9 +132,9 @@ def fit(
     """Train only ``operator``'s parameters for ``config.steps`` steps on the target's loss.
 
     ``model`` is a target-shaped model used as the function to call; its own
-    weights are ignored. With ``config.eval_every`` the first ``eval_batches``
+    weights are ignored. With ``config.first_check`` the first ``eval_batches``
     batches are held out: the operator's loss on them is checked at step 0 and
-    every ``eval_every`` steps, the fit stops after ``patience`` checks without a
+    at ``config.check_steps()``, the fit stops after ``patience`` checks without a
     new best, and the best operator checked (the start included) is the one kept.
     A non-finite loss stops the fit at that step and restores the last operator
     whose loss was finite, or the best held-out one (with a :class:`FitWarning`).
@@ -219,7 +219,8 @@ def fit(
                                          weight, items)
         return loss, distributed.all_reduce_sum(loss.detach().float().clone()).item()
 
-    holdout = list(itertools.islice(batch_stream(data, seed), config.eval_batches)) if config.eval_every else []
+    holdout = list(itertools.islice(batch_stream(data, seed), config.eval_batches)) if config.first_check else []
+    check_steps = set(config.check_steps())
 
     def check(step: int) -> bool:
         """Record the held-out loss at ``step``, keep the best operator; True when the fit should stop."""
@@ -270,7 +271,7 @@ def fit(
             bar.set_postfix(loss=f"{value:.4f}")
             bar.update()
             finished = step + 1
-            if holdout and (finished % config.eval_every == 0 or finished == config.steps) and check(finished):
+            if holdout and finished in check_steps and check(finished):
                 result.stopped_at = finished
                 break
             if checkpoint_dir is not None and checkpoint_every and finished % checkpoint_every == 0 \

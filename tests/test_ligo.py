@@ -236,7 +236,7 @@ def test_nan_loss_stops_the_fit_and_keeps_the_last_finite_operator():
     def run(data, steps):
         operator = get_method("ligo").build(canon, dims)
         template = adapter.from_canonical(operator.materialize(), config, type(src))
-        return fit(operator, template, adapter, data, quiet(steps, eval_every=0))
+        return fit(operator, template, adapter, data, quiet(steps, first_check=0))
 
     with pytest.warns(UserWarning, match="fit stopped at step 3: the loss is nan; kept the operator of step 2"):
         stopped = run(poisoned, 5)
@@ -263,7 +263,7 @@ def test_the_held_out_check_keeps_the_start_when_the_fit_only_hurts(pretrained):
     """An lr far too high wrecks the operator: the check stops after `patience` checks and keeps the start."""
     src = pretrained("gpt2")
     data = task_batches("gpt2", 40, seed=2)
-    result, start = _ligo_fit("gpt2", src, data, quiet(40, lr=0.3, warmup=0, eval_every=2, eval_batches=3, patience=2),
+    result, start = _ligo_fit("gpt2", src, data, quiet(40, lr=0.3, warmup=0, first_check=2, eval_batches=3, patience=2),
                               init="exact")
     steps = [step for step, _ in result.held_out]
     assert steps == [0, 2, 4] and result.stopped_at == 4 and len(result.losses) == 4 and result.best_step == 0
@@ -276,17 +276,23 @@ def test_the_held_out_check_keeps_the_best_operator_of_a_useful_fit(pretrained):
     """From a lossy start the held-out loss falls; the operator kept is the best one checked, on unseen batches."""
     src = pretrained("gpt2")
     data = task_batches("gpt2", 34, seed=2)
-    result, _ = _ligo_fit("gpt2", src, data, quiet(30, eval_every=5, eval_batches=4, patience=3))
+    result, _ = _ligo_fit("gpt2", src, data, quiet(30, first_check=5, eval_batches=4, patience=3))
     losses = dict(result.held_out)
-    assert list(losses) == [0, 5, 10, 15, 20, 25, 30] and result.stopped_at is None
+    assert list(losses) == [0, 5, 10, 20, 30] and result.stopped_at is None
     assert result.best_step == min(losses, key=losses.get) > 0 and losses[result.best_step] < losses[0] - 0.05
     adapter = adapter_for(src)
     grown = adapter.from_canonical(result.operator.materialize(), adapter.target_config(src.config, DOUBLE), type(src))
     assert abs(eval_loss(grown, data[:4]) - losses[result.best_step]) < 1e-5  # the held-out batches: the first 4
 
 
+def test_held_out_checks_come_early_then_at_doubling_intervals():
+    assert FitConfig(steps=100).check_steps() == [5, 10, 20, 40, 80, 100]
+    assert FitConfig(steps=3).check_steps() == [3] and FitConfig(steps=0).check_steps() == []
+    assert FitConfig(steps=100, first_check=0).check_steps() == []
+
+
 def test_bad_fit_settings_are_refused_before_any_work():
-    for settings, message in (({"eval_every": 5, "eval_batches": 0}, "needs eval_batches"),
+    for settings, message in (({"first_check": 5, "eval_batches": 0}, "needs eval_batches"),
                               ({"patience": -1}, "patience must not be negative"), ({"lr": 0.0}, "lr must be positive")):
         with pytest.raises(GrowError, match=message):
             fit(None, None, None, None, quiet(5, **settings))

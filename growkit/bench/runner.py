@@ -357,7 +357,7 @@ class Runner:
             per_step, materialise, forward = self._fit_flops(source, target_config, method, data, seed, options)
             fit_steps, fit_lr, patience = settings["fit_steps"], settings["fit_lr"], settings["fit_patience"]
             fit_config = FitConfig(steps=fit_steps, lr=fit_lr, progress=bool(self.spec.progress), device=p.device,
-                                   patience=patience, eval_every=FitConfig.eval_every if patience else 0)
+                                   patience=patience, first_check=FitConfig.first_check if patience else 0)
             self.log(f"[seed {seed}] {entry}: fitting the operator for {fit_steps} steps")
             start = time.perf_counter()
             model, result = grow(source, target_config, method, seed=seed, data=data, fit_config=fit_config,

@@ -81,8 +81,8 @@ def add_parser(sub) -> None:
     learned.add_argument("--steps", type=int, help=f"fit steps (default: {FIT_DEFAULTS['steps']})")
     learned.add_argument("--lr", type=float, help=f"the operator's learning rate (default: {FIT_DEFAULTS['lr']})")
     learned.add_argument("--patience", type=int,
-                         help=f"stop the fit after this many held-out checks (every {FitConfig.eval_every} steps, on "
-                         f"{FitConfig.eval_batches} batches held out from the data) without a new best, and keep the best "
+                         help=f"stop the fit after this many held-out checks (at steps {FitConfig(steps=100).check_steps()} of "
+                         f"a 100-step fit, on {FitConfig.eval_batches} batches held out from the data) without a new best, and keep the best "
                          f"operator, the start included; 0 turns the check off (default: {FIT_DEFAULTS['patience']})")
     learned.add_argument("--rank", type=int, help="Mango tensor-ring rank (mango only; default: the smallest that holds --init: 1, or 2 for net2net, bert2bert, exact)")
     learned.add_argument("--init", help="start from this operator (e.g. stackbert, net2net, bert2bert)")
@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
 
         distributed.on_main(claim)
         fit_config = FitConfig(steps=args.steps, lr=args.lr, progress=sys.stderr.isatty(), device=device,
-                               patience=args.patience, eval_every=FitConfig.eval_every if args.patience else 0)
+                               patience=args.patience, first_check=FitConfig.first_check if args.patience else 0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FitWarning)  # reported below as an error
             grown, result = grow(model, config, args.method, seed=args.seed, data=data, fit_config=fit_config,
