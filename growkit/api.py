@@ -7,7 +7,6 @@ from typing import Any
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .arch import adapter_for
-from .core.catalog import refuse_unused
 from .core.errors import GrowError
 from .fit import FitConfig, FitResult, fit
 from .ops import get_method, grow_fixed, methods
@@ -62,8 +61,8 @@ def grow(
     spec = get_method(method)
     given = {"width": width, "depth": depth, "data": data, "steps": steps, "fit_config": fit_config,
              "checkpoint_dir": checkpoint_dir, "checkpoint_every": checkpoint_every or None, **options}
-    accepted = [*spec.options, *(FIT_ARGUMENTS if spec.learned else ("width", "depth"))]
-    refuse_unused(spec.name, [name for name, value in given.items() if value is not None], accepted)
+    spec.check_options({name: value for name, value in given.items() if value is not None},
+                       FIT_ARGUMENTS if spec.learned else ("width", "depth"))
     config = resolve_target(model, target)
     tgt_dims = adapter.dims(config)
     source = adapter.to_canonical(model)

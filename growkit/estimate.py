@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import PretrainedConfig
@@ -187,20 +187,14 @@ def operator_on_meta(method: Any, source_config: PretrainedConfig, target_config
     return None
 
 
-def _operator_module_count(name: str, method: Any, source_config: PretrainedConfig, target_config: PretrainedConfig,
-                           options: dict) -> float | None:
-    """The operator module's own ``name(source, target_dims, **options)`` (``parameter_count``,
-    ``materialize_flops``), where it has one: for operators that cannot be built on the meta device."""
-    import inspect
-    import sys
-
-    fn = getattr(sys.modules.get(getattr(method.build, "__module__", ""), None), name, None)
-    if fn is None:
+def _operator_cost(hook: Callable[..., float] | None, source_config: PretrainedConfig,
+                   target_config: PretrainedConfig, options: dict) -> float | None:
+    """A method's cost hook (``parameter_count``, ``materialize_flops``), where it has one: for operators
+    that cannot be built on the meta device."""
+    if hook is None:
         return None
-    accepted = inspect.signature(fn).parameters
-    kwargs = {k: v for k, v in options.items() if k in accepted}
     try:
-        return fn(_meta_source(source_config), adapter_for(target_config).dims(target_config), **kwargs)
+        return hook(_meta_source(source_config), adapter_for(target_config).dims(target_config), **options)
     except GrowError:
         raise
     except Exception:  # noqa: BLE001
@@ -227,12 +221,12 @@ def fit_estimate(method: Any, source_config: PretrainedConfig, target_config: Pr
         operator = operator_on_meta(method, source_config, target_config, seed, options)
     p_op = 0
     if operator is None:
-        counted = _operator_module_count("parameter_count", method, source_config, target_config, options)
+        counted = _operator_cost(method.parameter_count, source_config, target_config, options)
         if counted is None:
             est.notes.append("the operator cannot be built on the meta device: its parameters and FLOPs are not counted")
         else:
             p_op = est.operator_params = int(counted)
-            flops = _operator_module_count("materialize_flops", method, source_config, target_config, options)
+            flops = _operator_cost(method.materialize_flops, source_config, target_config, options)
             if flops is None:
                 est.notes.append("the operator's materialisation FLOPs are not counted (it cannot be built on the meta device)")
             else:  # materialising once forward, and its backward (about twice that)

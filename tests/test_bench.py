@@ -303,12 +303,10 @@ def test_other_settings_in_the_same_folder_are_refused(smoke):
         run_bench(spec, out, log=lambda _: None)
 
 
-def test_an_unregistered_learned_method_is_skipped_with_a_note(monkeypatch):
+def test_methods_run_scratch_first_and_an_unknown_one_is_refused():
     from growkit.bench import runner
 
-    monkeypatch.setattr(runner, "registered_methods", lambda: {"exact": "", "ligo": ""})
-    methods, skipped = runner.resolve_methods(["exact", "mango", "ligo"])
-    assert methods == ["scratch", "exact", "ligo"] and "mango" in skipped
+    assert runner.resolve_methods(["exact", "mango", "scratch", "ligo"]) == ["scratch", "exact", "mango", "ligo"]
     with pytest.raises(GrowError, match="unknown method"):
         runner.resolve_methods(["scratch", "nonsense"])
 

@@ -165,12 +165,12 @@ def test_help_and_methods_do_not_import_torch():
 def test_methods_lists_every_registered_method_from_the_catalog(capsys):
     from growkit.core.catalog import CATALOG, DEPTH_OPS
     from growkit.ops import METHODS, methods
-    from growkit.ops.depth import DEPTH_MAPS
+    from growkit.ops.depth import DEPTH_OPERATORS
 
     assert main(["methods"]) == 0
     assert methods() == {name: info.summary for name, info in CATALOG.items()}
     assert all(METHODS[name].learned == info.learned for name, info in CATALOG.items())
-    assert tuple(DEPTH_MAPS) == DEPTH_OPS
+    assert tuple(DEPTH_OPERATORS) == DEPTH_OPS
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[:len(CATALOG)]]
     assert listed == list(CATALOG)
 

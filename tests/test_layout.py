@@ -42,3 +42,4 @@ def test_no_family_names_are_compared_or_tabled_outside_arch():
 def test_the_scan_finds_a_family_comparison_and_a_family_table():
     code = 'if config.model_type == "llama": pass\nKIND = {"bert": "mlm"}\nx = family in ("vit",)\n'
     assert [name for _, name in _family_literals(ast.parse(code))] == ["llama", "bert", "vit"]
+

@@ -257,7 +257,8 @@ def _reference(src, tgt: Dims, op: MangoOperator, init: str):
             grown = torch.where(_new_output_units(grown, src.specs[name], op.copy_map), _next_layer(grown), grown)
         wide[name] = grown
     at_src_depth = Dims(tgt.hidden, tgt.ffn, tgt.heads, tgt.kv_heads, tgt.head_dim, src.dims.layers)
-    return deepen(src.with_tensors(wide, at_src_depth), tgt.layers, method.depth)
+    return deepen(src.with_tensors(wide, at_src_depth), tgt.layers,
+                  method.depth_operator.layer_map(src.dims.layers, tgt.layers))
 
 
 #: a deep GQA Llama grown by x1.5 in every width (6/2 -> 9/3 heads, FFN 48 -> 72) and 8 -> 10 layers

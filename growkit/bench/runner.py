@@ -119,33 +119,30 @@ class BenchResult:
     out: Path
     runs: dict[int, dict[str, dict]]  #: seed -> method -> run record (run.json)
     sources: dict[int, dict]  #: seed -> source record (source.json)
-    skipped: dict[str, str]  #: method -> why it did not run
     info: dict  #: data and model facts for the report
     trained: list[tuple[int, str]]  #: (seed, method) runs trained in this call (the rest were loaded)
 
 
-def resolve_methods(names: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The entries that can run (scratch first) and a note for each one that cannot.
+def resolve_methods(names: list[str]) -> list[str]:
+    """The entries to run, scratch first (savings are measured against it); an unknown method is refused.
 
     An entry is a method or a variant of one (``mango+rank=2``, see :mod:`.variants`).
     """
     available = registered_methods()
-    runnable, skipped = [], {}
+    runnable = []
     for name in dict.fromkeys(n.strip() for n in names):
         variant = parse_variant(name)
         if variant.method == "scratch" or variant.method in available:
             if variant.fit and variant.method != "scratch" and not get_method(variant.method).learned:
                 raise GrowError(f"{name!r}: fit_steps and fit_lr apply to learned methods only")
             runnable.append(name)
-        elif variant.method in DEFAULT_METHODS:
-            skipped[name] = f"{variant.method} is not registered in this installation (growkit.methods() lacks it); skipped"
         else:
             raise GrowError(f"unknown method {variant.method!r}; choose scratch or one of {', '.join(available)}")
     if "scratch" not in runnable:
         runnable.insert(0, "scratch")  # savings are measured against it
     else:
         runnable.insert(0, runnable.pop(runnable.index("scratch")))
-    return runnable, skipped
+    return runnable
 
 
 def _write_json(path: Path, obj) -> None:
@@ -405,9 +402,7 @@ class Runner:
 
     def _run(self) -> BenchResult:
         spec, p = self.spec, self.preset
-        methods, skipped = resolve_methods(spec.methods)
-        for note in skipped.values():
-            self.log(f"note: {note}")
+        methods = resolve_methods(spec.methods)
         distributed.on_main(_check_settings, spec, self.out)
         self.log("data: " + ("loading" if p.images else "tokenising the corpus (the first time: training the BPE)"))
         data = distributed.main_first(lambda: load_data(spec, self.out))  # rank 0 saves the tokenizer, the others load it
@@ -427,7 +422,7 @@ class Runner:
             "data": spec.data or ("digits" if p.images else "embedded corpus"), "data_info": data.info,
             "vocab_size": None if data.tokenizer is None else len(data.tokenizer),
         }
-        return BenchResult(spec, self.out, runs, sources, skipped, info, list(self.trained))
+        return BenchResult(spec, self.out, runs, sources, info, list(self.trained))
 
     def _in_workers(self, methods: list[str]) -> tuple[dict[int, dict], dict[int, dict[str, dict]]]:
         """Every unfinished run in ``spec.jobs`` worker processes: the sources first, then each seed's targets.

@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..core.catalog import CATALOG, DEPTH_OPS, WIDTH_OPS, method_name, refuse_unused
+from ..core.catalog import CATALOG, DEPTH_OPS, OPTION_NAMES, WIDTH_OPS, method_name
 from ..core.errors import GrowError
 from ..settings import FitConfig
 from .common import (
@@ -92,8 +92,7 @@ def add_parser(sub) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict:
-    names = ("noise", "rank", "init")
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name) is not None}
 
 
 def partial_dir(out: Path) -> Path:
@@ -119,9 +118,10 @@ def on_interrupt(args: argparse.Namespace) -> str:
 def check_options(args: argparse.Namespace) -> None:
     """Refuse, by the flag the user typed, every option the chosen method would ignore; then fill in the defaults."""
     method = CATALOG[args.method]
-    accepted = [*method.options, *(FIT_OPTIONS if method.learned else FIXED_OPTIONS)]
-    given = [name for name in (*FIXED_OPTIONS, *FIT_OPTIONS, "rank", "init", "noise") if getattr(args, name) is not None]
-    refuse_unused(args.method, given, accepted, spell=lambda name: "--" + name.replace("_", "-"))
+    given = {name: getattr(args, name) for name in (*FIXED_OPTIONS, *FIT_OPTIONS, *OPTION_NAMES)
+             if getattr(args, name) is not None}
+    method.check_options(given, FIT_OPTIONS if method.learned else FIXED_OPTIONS,
+                         spell=lambda name: "--" + name.replace("_", "-"))
     if method.learned:
         for name, value in FIT_DEFAULTS.items():
             if getattr(args, name) is None:

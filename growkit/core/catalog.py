@@ -18,7 +18,7 @@ WIDTH_OPS: dict[str, dict] = {
     "aki": {"strategy": "random", "knowledge_from_next_layer": True},
     "tile": {"strategy": "tile", "noise": 0.01},
 }
-#: depth operators (:data:`growkit.ops.depth.DEPTH_MAPS` implements each)
+#: depth operators (:data:`growkit.ops.depth.DEPTH_OPERATORS` implements each)
 DEPTH_OPS = ("stack", "interpolate", "identity")
 #: the device names the command line accepts
 DEVICES = ("cpu", "auto", "cuda")
@@ -29,6 +29,25 @@ REPORTERS = ("tensorboard",)
 
 
 @dataclass(frozen=True)
+class Option:
+    """A ``grow()`` option a method takes: its name, the type its value must have, and that type in words."""
+
+    name: str
+    kind: type
+    what: str
+
+    def accepts(self, value: object) -> bool:
+        if isinstance(value, bool):
+            return self.kind is bool
+        return isinstance(value, (int, float) if self.kind is float else self.kind)
+
+
+NOISE = Option("noise", float, "a number")
+RANK = Option("rank", int, "an integer")
+INIT = Option("init", str, "a method name")
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     """A method's name, summary and the ``grow()`` options it takes; fixed methods name their two operators."""
 
@@ -36,14 +55,31 @@ class MethodInfo:
     summary: str
     width: str | None = None
     depth: str | None = None
-    options: tuple[str, ...] = field(default=("noise",))
+    options: tuple[Option, ...] = field(default=(NOISE,))
 
     @property
     def learned(self) -> bool:
         return self.width is None
 
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(option.name for option in self.options)
+
     def kind(self) -> str:
         return "a learned method" if self.learned else "a fixed method"
+
+    def check_options(self, options: dict, also: tuple[str, ...] = (), spell=lambda option: f"{option}=") -> None:
+        """Refuse what this method would ignore, and option values of the wrong type, before any work.
+
+        The one place options are checked: ``grow()``, the command line (``spell``
+        names them as flags) and a learned method's ``build`` all call it. ``also``
+        names the arguments the caller itself takes (a fit's ``steps=``...).
+        """
+        refuse_unused(self.name, list(options), [*self.option_names, *also], spell)
+        for option in self.options:
+            value = options.get(option.name)
+            if value is not None and not option.accepts(value):
+                raise GrowError(f"{spell(option.name)} of {self.name} must be {option.what}, got {value!r}")
 
 
 CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
@@ -55,10 +91,12 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("exact", "function-preserving: tiled width with cancelling noise; identity layers for depth",
                "tile", "identity"),
     MethodInfo("ligo", "LiGO: learned width and depth maps, fit on the target's loss (init: stackbert_noisy or a "
-               "fixed method)", options=("init", "noise")),
+               "fixed method)", options=(INIT, NOISE)),
     MethodInfo("mango", "Mango: learned tensor-ring (multi-linear) growth operator of rank R, fit on the target's loss",
-               options=("rank", "init", "noise")),
+               options=(RANK, INIT, NOISE)),
 )}
+#: every option some method takes, in the order the command line checks them
+OPTION_NAMES = tuple(dict.fromkeys(option.name for method in CATALOG.values() for option in method.options))
 
 
 def method_name(name: str, known: tuple[str, ...] | None = None) -> str:

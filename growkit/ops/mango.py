@@ -105,12 +105,12 @@ from torch import nn
 
 from ..core.canonical import GROWABLE, Canonical, Dims, parse_axis
 from ..core.errors import GrowError
-from ..core.catalog import CATALOG, refuse_unused
-from . import METHODS, WIDTH_OPS, Method, register
-from .depth import DEPTH_MAPS, RESIDUAL_OUTPUTS, is_post_norm
+from ..core.catalog import CATALOG
+from .depth import RESIDUAL_OUTPUTS, is_post_norm
 from .mango_chunks import Workspace
 from .mango_contract import MAX_ELEMENTS, ring_map, ring_map_split, ring_path, source_layout
 from .operator import GrowthOperator
+from .registry import Method, fixed_methods
 from .width import AxisMap, WidthMap
 
 Tensor = torch.Tensor
@@ -314,19 +314,22 @@ def _blocks(source: Canonical, target_dims: Dims) -> tuple[int, int]:
 
 def start_rank(init: str, source: Dims, target: Dims) -> int:
     """The number of Kronecker terms of the start ``init`` (the default rank), without building it."""
-    method = METHODS[init]
-    silenced = any(DEPTH_MAPS[method.depth](source.layers, target.layers).silenced)
-    return (2 if silenced else 1) * (2 if method.width == "aki" and target.hidden > source.hidden else 1)
+    method = fixed_methods()[init]
+    silenced = any(method.depth_operator.layer_map(source.layers, target.layers).silenced)
+    borrows = method.width_operator.knowledge_from_next_layer and target.hidden > source.hidden
+    return (2 if silenced else 1) * (2 if borrows else 1)
 
 
-def parameter_count(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT) -> int:
+def parameter_count(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT,
+                    noise: float | None = None) -> int:
     """The Mango operator's parameter count, R^2 (B1 B2 + 2 D1 D2 + L1 L2), without building it."""
     rank = start_rank(init, source.dims, target_dims) if rank is None else rank
     (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
     return rank * rank * (b1 * b2 + 2 * s.hidden * t.hidden + s.layers * t.layers)
 
 
-def materialize_flops(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT) -> float:
+def materialize_flops(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT,
+                      noise: float | None = None) -> float:
     """FLOPs of one materialisation's M1 -> M2 contraction (its path cost), without building the operator.
 
     For ``--dry-run``, where the operator cannot be built (its start is not meta-safe); the
@@ -388,8 +391,8 @@ def _cancelling_noise(index: Tensor, n_old: int, scale: float, gen: torch.Genera
 
 def build_start(src: Packing, tgt: Packing, init: str, noise: float, gen: torch.Generator) -> Start:
     """The Kronecker terms of the fixed method ``init`` (a width and a depth operator)."""
-    method = METHODS[init]
-    wmap = _head_selection(src.dims, tgt.dims, "tile" if method.width == "tile" else "random", gen)
+    method = fixed_methods()[init]
+    wmap = _head_selection(src.dims, tgt.dims, method.width_operator.strategy, gen)
     sigma = wmap.axes["Q"].index  # source unit of each target unit inside a D-wide tile
     d1 = src.dims.hidden
     counts = torch.bincount(sigma, minlength=d1).double()
@@ -397,13 +400,13 @@ def build_start(src: Packing, tgt: Packing, init: str, noise: float, gen: torch.
     split = copy / counts[:, None]
     # width terms: (S_I, S_O, source-layer shift)
     width = [(split, copy, 0)]
-    if method.width == "aki":
+    if method.width_operator.knowledge_from_next_layer:
         first = torch.full((d1,), len(sigma)).scatter_reduce(0, sigma, torch.arange(len(sigma)), "amin")
         new = torch.arange(len(sigma)) != first[sigma]
         if new.any():
             width = [(split, copy * ~new, 0), (split, copy * new, 1)]
     # depth terms: (S_B, which target layers keep their residual outputs)
-    dmap = DEPTH_MAPS[method.depth](src.dims.layers, tgt.dims.layers)
+    dmap = method.depth_operator.layer_map(src.dims.layers, tgt.dims.layers)
     tiles = _tile_map(src, tgt)
     depth = [(tiles, None)]
     if any(dmap.silenced):
@@ -487,8 +490,8 @@ class MangoOperator(GrowthOperator):
         super().__init__(source, target_dims)
         source.dims.check_growth_to(target_dims)
         _check_init(init, rank)
-        method = METHODS[init]
-        noise = WIDTH_OPS[method.width].get("noise", 0.0) if noise is None else float(noise)
+        method = fixed_methods()[init]
+        noise = method.width_operator.noise if noise is None else float(noise)
         self.init, self.max_elements = init, max_elements
         self.workspace = Workspace()
         self.placements = _placements(source)
@@ -564,7 +567,7 @@ def _check_init(init: str, rank: int | None) -> None:
         raise GrowError(f"Mango's rank must be a positive integer, got {rank!r}")
     if init in UNREACHABLE:
         raise GrowError(f"Mango cannot start from {init!r}: {UNREACHABLE[init]}")
-    fixed = [name for name, m in METHODS.items() if not m.learned]
+    fixed = fixed_methods()
     if init not in fixed:
         raise GrowError(
             f"unknown Mango init {init!r}; choose a fixed method: {', '.join(fixed)} "
@@ -580,7 +583,8 @@ def _warn_inexact(source: Canonical, src: Packing, tgt: Packing, method: Method)
             "so its start is only close to the fixed method; F multiple of D avoids this",
             stacklevel=3,
         )
-    if method.depth == "identity" and is_post_norm(source) and tgt.dims.layers > src.dims.layers:
+    inserted = any(method.depth_operator.layer_map(src.dims.layers, tgt.dims.layers).silenced)
+    if inserted and is_post_norm(source):
         warnings.warn(
             f"{source.family} is post-norm: inserted layers keep their LayerNorms, so the identity-insertion "
             "start preserves the function only where those norms are the identity",
@@ -596,7 +600,6 @@ def build(
     rank: int | None = None,
     init: str = DEFAULT_INIT,
     noise: float | None = None,
-    **unknown,
 ) -> MangoOperator:
     """A Mango operator of ``rank`` starting at the fixed method ``init``.
 
@@ -607,8 +610,9 @@ def build(
     ``noise`` is the start's cancelling symmetry-breaking noise (default: the fixed
     method's own, 0.01 or 0 for AKI); ``noise=0`` makes the start equal the fixed method.
     """
-    refuse_unused("mango", sorted(unknown), list(CATALOG["mango"].options))
     return MangoOperator(source, target_dims, rank=rank, init=init, noise=noise, seed=seed)
 
 
-register(Method(**vars(CATALOG["mango"]), build=build))
+#: the registry entry (registered by :mod:`growkit.ops`)
+MANGO = Method(**vars(CATALOG["mango"]), builder=build, parameter_count=parameter_count,
+               materialize_flops=materialize_flops)

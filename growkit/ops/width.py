@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.canonical import GROWABLE, Canonical, Dims, parse_axis
+from ..core.catalog import WIDTH_OPS
 from ..core.errors import GrowError
 
 Tensor = torch.Tensor
@@ -181,6 +182,29 @@ def widen(
             grown = grown + noises[name]
         out[name] = grown
     return src.with_tensors(out, _width_dims(src, tgt_dims))
+
+
+@dataclass(frozen=True)
+class WidthOperator:
+    """A registered width operator: how units are chosen, its default noise, and whether new units borrow (AKI)."""
+
+    name: str
+    strategy: str  #: "random" copies (Net2Net) or "tile" (exact, integer factors)
+    noise: float = 0.0  #: the default symmetry-breaking noise, relative to each matrix's std
+    knowledge_from_next_layer: bool = False  #: bert2BERT AKI: new output units read layer l+1
+
+    def start(self, src: Canonical, tgt_dims: Dims, *, noise: float | None = None,
+              seed: int = 0) -> tuple[WidthMap, dict[str, Tensor]]:
+        """The copy map and the cancelling noise this operator applies (see :func:`width_start`)."""
+        return width_start(src, tgt_dims, self.strategy, noise=self.noise if noise is None else noise, seed=seed)
+
+    def __call__(self, src: Canonical, tgt_dims: Dims, *, noise: float | None = None, seed: int = 0) -> Canonical:
+        return widen(src, tgt_dims, self.strategy, noise=self.noise if noise is None else noise,
+                     knowledge_from_next_layer=self.knowledge_from_next_layer, seed=seed)
+
+
+#: the width operators, by the catalogue's names
+WIDTH_OPERATORS: dict[str, WidthOperator] = {name: WidthOperator(name, **spec) for name, spec in WIDTH_OPS.items()}
 
 
 def _next_layer(t: Tensor) -> Tensor:
