@@ -20,6 +20,7 @@ from transformers import PretrainedConfig
 from .arch import adapter_for
 from .core.errors import GrowError
 from .flops import count_flops, train_flops_per_token
+from .io import model_class
 
 FLOAT = 4  #: bytes per fp32 number
 #: above this many parameters a model is not even built on the meta device (its storage size overflows)
@@ -50,16 +51,20 @@ def analytic_parameters(config: PretrainedConfig) -> int:
     return int(total)
 
 
-def _meta_count(config: PretrainedConfig) -> int:
-    from .io import model_class
-
+def _meta_model(config: PretrainedConfig) -> torch.nn.Module:
+    """The model ``config`` describes, on the meta device: shapes without storage."""
     with torch.device("meta"):
-        model = model_class(config)(config)
-    return sum(p.numel() for p in model.parameters())
+        return model_class(config)(config)
+
+
+def _meta_count(config: PretrainedConfig) -> int:
+    return sum(p.numel() for p in _meta_model(config).parameters())
 
 
 def parameter_count(config: PretrainedConfig) -> int:
     """Exact parameters of the model ``config`` describes, counted on the meta device (no memory).
+
+    The one parameter counter (a built model: ``sum(p.numel() for p in model.parameters())``).
 
     Every layer has the same parameters, so only one- and two-layer models are
     built and the count is extrapolated: any layer count costs the same. Sizes
@@ -159,11 +164,7 @@ def train_estimate(config: PretrainedConfig, batch_size: int, seq_len: int, step
 
 
 def _meta_source(config: PretrainedConfig):
-    from .io import model_class
-
-    with torch.device("meta"):
-        model = model_class(config)(config)
-    return adapter_for(config).to_canonical(model)
+    return adapter_for(config).to_canonical(_meta_model(config))
 
 
 def operator_on_meta(method: Any, source_config: PretrainedConfig, target_config: PretrainedConfig,

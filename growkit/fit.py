@@ -28,11 +28,14 @@ from torch.func import functional_call
 
 from . import distributed
 from .arch import Adapter, predicts_next_token
-from .checkpoint import all_finite, digest_tensors, load_state, numbered, prune, rng_state, save_state, set_rng_state
 from .core.errors import GrowError
 from .device import DEVICES, autocast_context, resolve_device, use_attention
 from .ops.operator import GrowthOperator
 from .progress import progress_bar
+from .resumable.checkpoints import all_finite, numbered, prune, save_checkpoint
+from .resumable.folder import digest_tensors
+from .resumable.rng import restore_rng
+from .resumable.state import load_state, save_state
 from .settings import FitConfig
 
 
@@ -101,7 +104,8 @@ def _on(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _settings(config: FitConfig, seed: int) -> dict:
+def fit_settings(config: FitConfig, seed: int) -> dict:
+    """What decides a fit's result (its checkpoints are resumed only under the same)."""
     return {**{k: v for k, v in asdict(config).items() if k != "progress"}, "seed": seed}
 
 
@@ -157,7 +161,7 @@ def fit(
     warmup = max(config.warmup, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     result = FitResult(operator)
-    settings = _settings(config, seed)
+    settings = fit_settings(config, seed)
     last_good = _copy_state(operator)
     done, state = 0, None
     found = latest_fit_checkpoint(checkpoint_dir)
@@ -178,18 +182,17 @@ def fit(
         result.seconds = state["seconds"]
 
     def save(step: int) -> None:
-        rngs = distributed.gather_objects(rng_state())  # every process's dropout stream
-        if main:
-            extra = {"rng_ranks": rngs} if world > 1 else {}
+        def write(rng: dict) -> None:
             save_state(
                 Path(checkpoint_dir) / f"{CHECKPOINT_PREFIX}{step}{CHECKPOINT_SUFFIX}",
                 {"step": step, "operator": operator.state_dict(), "last_good": last_good,
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs[0],
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "losses": result.losses, "seconds": result.seconds + time.perf_counter() - start,
-                 "settings": settings, **extra},
+                 "settings": settings, **rng},
             )
             prune(Path(checkpoint_dir), CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX, keep=1)
-        distributed.barrier()  # a checkpoint on disk is one every process has passed
+
+        save_checkpoint(write)
 
     model.train()
     bar = progress_bar(config.steps, "fit", config.progress, initial=done, leave=False, main=main)
@@ -198,8 +201,7 @@ def fit(
     with torch.random.fork_rng(devices=cuda), contextlib.closing(bar):  # an interrupt's message is not redrawn over
         torch.manual_seed(seed + rank)  # dropout: one stream per process (the data order is the global one)
         if state is not None:
-            saved = state.get("rng_ranks") or [state["rng"]]
-            set_rng_state(saved[rank] if rank < len(saved) else saved[0])
+            restore_rng(state, rank)
         stream = batch_stream(data, seed, start=done)
         for step in range(done, config.steps):
             full = next(stream)

@@ -341,9 +341,11 @@ def test_warnings_flag_a_target_too_close_to_the_small_model(smoke):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
 def test_tiny_long_fits_cost_at_most_five_percent_of_its_budget(family, tmp_path):
-    from growkit.bench.runner import Runner, _source_config, load_data
+    from growkit.arch import adapter_for
+    from growkit.bench.runner import _fit_flops, _source_config, load_data
     from growkit.flops import flops_per_batch
     from growkit.io import model_class
+    from growkit.ops import get_method
 
     preset = get_preset(family, "tiny-long")
     tiny = get_preset(family, "tiny")
@@ -356,7 +358,9 @@ def test_tiny_long_fits_cost_at_most_five_percent_of_its_budget(family, tmp_path
     target = preset.target_config(config)
     step = flops_per_batch(target, next(data.train_batches(0)))
     for method in ("ligo", "mango"):
-        per_step, materialise = Runner(spec, tmp_path)._fit_flops(source, target, method, data, 0, {})
+        adapter = adapter_for(source)
+        operator = get_method(method).build(adapter.to_canonical(source), adapter.dims(target))
+        per_step, materialise = _fit_flops(operator, model_class(target)(target), data, 0)
         share = (preset.fit_steps * per_step + materialise) / (preset.budget.steps * step)
         assert 0.03 < share <= 0.05, (method, share)
     with pytest.raises(GrowError, match="tiny-long"):

@@ -277,7 +277,13 @@ class Adapter:
         canon.validate()
         if self.dims(config) != canon.dims:
             raise ValueError(f"config sizes {self.dims(config)} do not match the weights' {canon.dims}")
-        model = model_class(config)
+        return self.load_canonical(model_class(config), canon)
+
+    def load_canonical(self, model: PreTrainedModel, canon: Canonical) -> PreTrainedModel:
+        """Copy exactly ``canon``'s weights into ``model`` (built at its sizes) and put it in eval mode."""
+        canon.validate()
+        if self.dims(model.config) != canon.dims:
+            raise ValueError(f"the model's sizes {self.dims(model.config)} do not match the weights' {canon.dims}")
         sd = self.hf_state_dict(canon.tensors, model, canon.tied)
         own = model.state_dict()
         unknown = sorted(set(sd) - set(own))

@@ -54,7 +54,8 @@ from ..core.errors import GrowError
 from ..data import TaskData, TokenTaskData, build_task_data, embedded_text, is_token_folder, load_tokenizer, read_text, train_bpe
 from ..device import resolve_device
 from ..fit import FitConfig, target_loss
-from ..flops import count_flops, flops_per_batch, measure_flops, params_count
+from ..estimate import parameter_count
+from ..flops import count_flops, flops_per_batch, measure_flops
 from ..io import load_pretrained, model_class
 from ..ops import get_method, methods as registered_methods
 from ..progress import lines_to, progress_bar
@@ -195,6 +196,28 @@ def _source_config(spec: BenchSpec, data: TaskData):
     return spec.preset.source_config(vocab_size=len(data.tokenizer))
 
 
+def _fit_flops(operator, model, data: TaskData, seed: int) -> tuple[float, float]:
+    """Measured FLOPs of one fit step (materialise, target forward, backward) and of one materialisation.
+
+    Counted after ``grow`` on the operator it built and fit, with the grown model as the
+    function the step calls (its own weights are not read), so nothing is built twice.
+    """
+    batch = next(data.train_batches(seed))
+    model.train()
+
+    def step() -> None:
+        target_loss(operator, model, adapter_for(model), batch).backward()
+
+    try:
+        per_step = count_flops(step)
+        with torch.no_grad():
+            materialise = count_flops(operator)
+    finally:
+        model.eval()
+        operator.zero_grad(set_to_none=True)
+    return per_step, materialise
+
+
 class Runner:
     """Runs one :class:`BenchSpec` into ``out``; ``log`` gets one line per event."""
 
@@ -247,7 +270,7 @@ class Runner:
         if result.diverged_at is not None:
             raise GrowError(f"the source's pretraining diverged at step {result.diverged_at}; lower the preset's lr")
         record = {"seed": seed, "fingerprint": self.fingerprint, "size": str(self.preset.source),
-                  "params": params_count(config), "eval_loss": result.eval_loss, "flops": result.flops,
+                  "params": parameter_count(config), "eval_loss": result.eval_loss, "flops": result.flops,
                   "seconds": result.seconds, "steps": budget.steps, "load": load.record(),
                   "threads": torch.get_num_threads(), "history": result.history}
         if distributed.is_main():
@@ -270,22 +293,6 @@ class Runner:
     # --- one target run --------------------------------------------------------
     def run_dir(self, seed: int, method: str) -> Path:
         return self.out / f"seed{seed}" / method
-
-    def _fit_flops(self, source, target_config, method: str, data: TaskData, seed: int, options: dict) -> tuple[float, float]:
-        """Measured FLOPs of one fit step (materialise, target forward, backward) and of one materialisation."""
-        adapter = adapter_for(source)
-        operator = get_method(method).build(adapter.to_canonical(source), adapter.dims(target_config), seed=seed, **options)
-        template = adapter.from_canonical(operator.materialize(), target_config, type(source))
-        template.train()
-        batch = next(data.train_batches(seed))
-
-        def step() -> None:
-            target_loss(operator, template, adapter, batch).backward()
-
-        per_step = count_flops(step)
-        with torch.no_grad():
-            materialise = count_flops(operator)
-        return per_step, materialise
 
     def target(self, seed: int, entry: str, source, data: TaskData) -> dict:
         """Grow (or initialise) and train one target; reuse a finished run.
@@ -347,7 +354,6 @@ class Runner:
             model = model_class(target_config)(target_config)
             grow_seconds, fit_flops = 0.0, 0.0
         elif learned:
-            per_step, materialise = self._fit_flops(source, target_config, method, data, seed, options)
             fit_steps, fit_lr = settings["fit_steps"], settings["fit_lr"]
             fit_config = FitConfig(steps=fit_steps, lr=fit_lr, progress=bool(self.spec.progress), device=p.device)
             self.log(f"[seed {seed}] {entry}: fitting the operator for {fit_steps} steps")
@@ -355,6 +361,7 @@ class Runner:
             model, result = grow(source, target_config, method, seed=seed, data=data, fit_config=fit_config,
                                  return_fit=True, **options)
             grow_seconds = time.perf_counter() - start
+            per_step, materialise = _fit_flops(result.operator, model, data, seed)
             steps = len(result.losses)
             fit_flops = per_step * steps + materialise
             fit = {"steps": steps, "lr": fit_lr, "flops": fit_flops, "flops_per_step": per_step,
@@ -380,7 +387,7 @@ class Runner:
                   "run_settings": settings, "eval_loss": result.eval_loss,
                   "flops": result.flops, "seconds": result.seconds, "diverged_at": result.diverged_at,
                   "grow_seconds": grow_seconds, "fit_flops": fit_flops, "fit": fit, "options": options,
-                  "params": params_count(target_config), "train_flops_check": measured,
+                  "params": parameter_count(target_config), "train_flops_check": measured,
                   "threads": torch.get_num_threads(), "history": result.history}
         self.log(f"[seed {seed}] {entry}: eval loss {result.eval_loss:.4f} after {cfg.steps} steps, "
                  f"{result.seconds:.0f} s" + (f" (diverged at step {result.diverged_at})" if result.diverged_at else ""))
@@ -418,7 +425,7 @@ class Runner:
         info = {
             "family": p.family, "preset": p.name, "methods": methods, "seeds": list(spec.seeds),
             "source": str(p.source), "target": str(p.target),
-            "source_params": params_count(config), "target_params": params_count(target_config),
+            "source_params": parameter_count(config), "target_params": parameter_count(target_config),
             "data": spec.data or ("digits" if p.images else "embedded corpus"), "data_info": data.info,
             "vocab_size": None if data.tokenizer is None else len(data.tokenizer),
         }

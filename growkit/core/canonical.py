@@ -21,7 +21,7 @@ marked ``.in`` because its scale is what has to be split there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -108,7 +108,6 @@ class Canonical:
     tensors: dict[str, torch.Tensor]
     specs: dict[str, tuple[str, ...]]
     tied: bool = False
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if set(self.tensors) != set(self.specs):

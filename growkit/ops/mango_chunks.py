@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from .mango_contract import Plan, Step
+from .mango_plan import Plan, Step
 
 Tensor = torch.Tensor
 

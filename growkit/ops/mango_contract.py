@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import lru_cache
 
 import opt_einsum as oe
@@ -62,6 +62,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from .mango_chunks import Chunk, Workspace, chunked_ring_map
+from .mango_plan import Plan, Step
 
 Tensor = torch.Tensor
 
@@ -116,41 +117,6 @@ _FULL_SPEED_DIM = 96  #: a matmul with a side shorter than this runs at sqrt(sid
 _BANDWIDTH = 8e9  #: streaming memory traffic, bytes/s; a permute copy runs at half of it
 _PER_BATCH = 1e-5  #: overhead of one matrix in a batched step (its backward loops over them), s
 _MAX_BATCHES = 4096  #: more matrices than this in a batched step: lay the summed axes last instead
-
-
-@dataclass(frozen=True)
-class Step:
-    """One pairwise step of a chain: the intermediate ``z`` meets core ``core``.
-
-    ``copy`` permutes ``z`` first (None: it is laid out already); then ``z`` is viewed as
-    ``[pre, K, post]`` (``pre`` and ``k`` count axes) and ``core_perm`` orders the core's
-    axes as (summed axes in ``z``'s order, new axes in the order they take in ``z``).
-    ``flops`` is the step's cost at the planned sizes (what decides recomputation).
-    """
-
-    core: int
-    copy: tuple[int, ...] | None
-    pre: int
-    k: int
-    core_perm: tuple[int, ...]
-    flops: float = 0.0
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A chain's layout: ``source_perm`` orders ``x``'s axes, ``out_perm`` restores the output's.
-
-    The output is returned as a permuted view of the last step's result (no copy).
-    """
-
-    source_perm: tuple[int, ...]
-    steps: tuple[Step, ...]
-    out_perm: tuple[int, ...]
-    cost: float
-
-    @property
-    def flops(self) -> float:
-        return sum(step.flops for step in self.steps)
 
 
 def _chain(path: list[tuple[int, ...]], n_cores: int) -> list[int] | None:

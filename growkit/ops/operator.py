@@ -12,7 +12,9 @@ class GrowthOperator(nn.Module):
     """An ``nn.Module`` whose ``forward()`` materialises the target's canonical tensors.
 
     The source weights are held as buffers (frozen: they never receive gradients);
-    only the operator's own parameters are fit. ``materialize`` gives the plain
+    only the operator's own parameters are fit. The buffers share the canonical
+    view's tensors (which :meth:`~growkit.arch.Adapter.to_canonical` already
+    copied out of the model), so the source is not held twice. ``materialize`` gives the plain
     target weights once fitting is done, after which the operator is thrown away.
 
     The forward always computes in fp32: calling the operator turns off any
@@ -29,7 +31,7 @@ class GrowthOperator(nn.Module):
         self.source_meta = source.with_tensors({k: v.detach() for k, v in source.tensors.items()})
         self.target_dims = target_dims
         for i, (name, tensor) in enumerate(source.tensors.items()):
-            self.register_buffer(f"source_{i}", tensor.detach().clone(), persistent=False)
+            self.register_buffer(f"source_{i}", tensor.detach(), persistent=False)
         self._source_names = list(source.tensors)
 
     def source_tensor(self, name: str) -> torch.Tensor:
