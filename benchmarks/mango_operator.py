@@ -49,7 +49,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTForImageClas
 
 from growkit.arch import adapter_for
 from growkit.ops.mango import MangoOperator, parameter_count
-from growkit.ops.mango_contract import MAX_ELEMENTS, chain_plan, ring_equation, ring_map, ring_path, run_plan
+from growkit.ops.ring.execute import MAX_ELEMENTS, ring_map, run_plan
+from growkit.ops.ring.plan import chain_plan, ring_equation, ring_path
 
 GB = 2**30
 #: the naive order as opt_einsum path steps over (M1, S_B, S_I, S_O, S_L): I, then O, then L, then B
