@@ -108,6 +108,17 @@ def grow_entry(entry: str, source, target_config, data, fit_steps: int, fit_lr: 
     return row
 
 
+def parse_and_load(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Path, object]:
+    """Add ``--seed`` and ``--threads``, parse, set the threads, create ``--out`` and load the data there."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return args, out, load_data(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/deep-source", help="cache folder (tokenizer, source; each run writes rows-seed<k>.json)")
@@ -115,13 +126,7 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=PRETRAIN.steps)
     parser.add_argument("--fit-steps", type=int, default=20, help="fit steps of learned methods (default 20)")
     parser.add_argument("--fit-lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_data(out)
+    args, out, data = parse_and_load(parser)
     source, record = source_model(out, data, args.pretrain_steps)
     base = evaluate(source, data.eval_batches, torch.device("cpu"))
     evals = record["evals"]

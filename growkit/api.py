@@ -14,7 +14,7 @@ from .arch import adapter_for
 from .core.errors import GrowError
 from .data import data_digest
 from .fit import FitConfig, FitResult, fit, fit_settings, latest_fit_checkpoint
-from .ops import get_method, grow_fixed, methods
+from .ops import choose_width, get_method, grow_fixed, methods
 from .resumable.folder import claim, digest_tensors
 
 __all__ = ["grow", "methods", "resolve_target"]
@@ -54,7 +54,9 @@ def grow(
 ) -> PreTrainedModel | tuple[PreTrainedModel, FitResult]:
     """Grow ``model`` into a model of the same class at ``target``'s sizes.
 
-    Fixed methods may swap either half with ``width=`` / ``depth=``. Learned
+    Fixed methods may swap either half with ``width=`` / ``depth=``; ``exact``
+    zero-extends the width where a growth factor is not whole (RMSNorm models;
+    see :func:`growkit.ops.choose_width`). Learned
     methods (``ligo``, ``mango``) need ``data`` (batches with labels) and fit for
     ``steps`` steps (default 100); ``return_fit=True`` also returns their :class:`FitResult`.
     An argument the method would ignore (``data=`` for a fixed method, ``rank=``
@@ -73,10 +75,13 @@ def grow(
                        FIT_ARGUMENTS if spec.learned else ("width", "depth"))
     config = resolve_target(model, target)
     tgt_dims = adapter.dims(config)
+    if not spec.learned:
+        width = choose_width(spec, adapter.dims(model.config), tgt_dims, family=adapter.family,
+                             rms_norm=adapter.rms_norm_eps(model.config) is not None, width=width)
     source = adapter.to_canonical(model)
     model_class = type(model)
     if not spec.learned:
-        canon = grow_fixed(source, tgt_dims, width or spec.width, depth or spec.depth, seed=seed, **options)
+        canon = grow_fixed(source, tgt_dims, width, depth or spec.depth, seed=seed, **options)
         return adapter.from_canonical(canon, config, model_class)
     if data is None:
         raise GrowError(

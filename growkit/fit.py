@@ -16,6 +16,7 @@ materialisation) always runs in fp32 (see :mod:`growkit.device`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 import warnings
@@ -40,7 +41,7 @@ from .settings import FitConfig
 
 
 class FitWarning(UserWarning):
-    """The fit stopped early (a non-finite loss); the operator of the last finite step was kept."""
+    """The fit stopped early (a non-finite loss); the last finite (or the best held-out) operator was kept."""
 
 
 #: fit checkpoints are ``fit-<step>.safetensors`` files in the checkpoint folder
@@ -53,6 +54,9 @@ class FitResult:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     diverged_at: int | None = None
+    held_out: list[tuple[int, float]] = field(default_factory=list)  #: (step, held-out loss) of every check
+    best_step: int | None = None  #: the step whose operator was kept (None without a held-out check)
+    stopped_at: int | None = None  #: the step where the held-out check ended the fit early
 
 
 def batch_stream(data: Any, seed: int = 0, start: int = 0) -> Iterator[dict]:
@@ -75,22 +79,23 @@ def batch_stream(data: Any, seed: int = 0, start: int = 0) -> Iterator[dict]:
 
 
 def target_output(operator: GrowthOperator, model: torch.nn.Module, adapter: Adapter, batch: dict,
-                  device: str | torch.device = "cpu") -> Any:
+                  device: str | torch.device = "cpu", tensors: dict[str, torch.Tensor] | None = None) -> Any:
     """The target model's output on ``batch`` with the operator's current weights.
 
-    The operator materialises the weights in fp32; only the target's forward runs
-    under ``device``'s autocast (bf16 on CUDA, none on the CPU).
+    The operator materialises the weights in fp32 (pass ``tensors`` to reuse one
+    materialisation over several batches); only the target's forward runs under
+    ``device``'s autocast (bf16 on CUDA, none on the CPU).
     """
-    tensors = operator()
+    tensors = operator() if tensors is None else tensors
     params = adapter.hf_state_dict(tensors, model, operator.source_meta.tied)
     with autocast_context(device):
         return functional_call(model, params, args=(), kwargs=batch, strict=False)
 
 
 def target_loss(operator: GrowthOperator, model: torch.nn.Module, adapter: Adapter, batch: dict,
-                device: str | torch.device = "cpu") -> torch.Tensor:
+                device: str | torch.device = "cpu", tensors: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The target model's loss on ``batch`` with the operator's current weights."""
-    out = target_output(operator, model, adapter, batch, device)
+    out = target_output(operator, model, adapter, batch, device, tensors)
     if getattr(out, "loss", None) is None:
         raise GrowError("the model returned no loss: the batches need labels")
     return out.loss
@@ -131,8 +136,12 @@ def fit(
     """Train only ``operator``'s parameters for ``config.steps`` steps on the target's loss.
 
     ``model`` is a target-shaped model used as the function to call; its own
-    weights are ignored. A non-finite loss stops the fit at that step and
-    restores the last operator whose loss was finite (with a :class:`FitWarning`).
+    weights are ignored. With ``config.eval_every`` the first ``eval_batches``
+    batches are held out: the operator's loss on them is checked at step 0 and
+    every ``eval_every`` steps, the fit stops after ``patience`` checks without a
+    new best, and the best operator checked (the start included) is the one kept.
+    A non-finite loss stops the fit at that step and restores the last operator
+    whose loss was finite, or the best held-out one (with a :class:`FitWarning`).
     The fit runs under its own RNG, seeded by ``seed``, so dropout draws repeat
     and the caller's generator is left as it was.
 
@@ -143,6 +152,7 @@ def fit(
     resumed fit equals an uninterrupted one bit for bit on the same machine.
     """
     config = config or FitConfig()
+    config.check()
     if checkpoint_every < 0:
         raise GrowError(f"checkpoint_every must not be negative, got {checkpoint_every}")
     if config.device not in DEVICES:
@@ -163,6 +173,7 @@ def fit(
     result = FitResult(operator)
     settings = fit_settings(config, seed)
     last_good = _copy_state(operator)
+    best_loss, best_state, bad = math.inf, last_good, 0
     done, state = 0, None
     found = latest_fit_checkpoint(checkpoint_dir)
     if found is not None:
@@ -180,6 +191,9 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         result.losses = list(state["losses"])
         result.seconds = state["seconds"]
+        result.held_out = [(int(step), float(loss)) for step, loss in state["held_out"]]
+        best_loss, bad, result.best_step = state["best_loss"], state["bad"], state["best_step"]
+        best_state = {k: v.clone() for k, v in state["best"].items()}
 
     def save(step: int) -> None:
         def write(rng: dict) -> None:
@@ -188,11 +202,42 @@ def fit(
                 {"step": step, "operator": operator.state_dict(), "last_good": last_good,
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "losses": result.losses, "seconds": result.seconds + time.perf_counter() - start,
-                 "settings": settings, **rng},
+                 "held_out": result.held_out, "best": best_state, "best_loss": best_loss, "bad": bad,
+                 "best_step": result.best_step, "settings": settings, **rng},
             )
             prune(Path(checkpoint_dir), CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX, keep=1)
 
         save_checkpoint(write)
+
+    def batch_loss(full: dict, step: int, tensors: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, float]:
+        """The global batch's loss (differentiable on this process's share) and its value."""
+        if world == 1:
+            loss = target_loss(operator, model, adapter, _on(full, device), device, tensors)
+            return loss, loss.item()
+        distributed.check_batch(distributed.batch_rows(full))
+        if step == done:
+            distributed.check_same(digest_tensors(full), "the first training batch")
+        part, weight, items = distributed.shard(full, causal)
+        loss = distributed.weighted_loss(target_output(operator, model, adapter, _on(part, device), device, tensors),
+                                         weight, items)
+        return loss, distributed.all_reduce_sum(loss.detach().float().clone()).item()
+
+    holdout = list(itertools.islice(batch_stream(data, seed), config.eval_batches)) if config.eval_every else []
+
+    def check(step: int) -> bool:
+        """Record the held-out loss at ``step``, keep the best operator; True when the fit should stop."""
+        nonlocal best_loss, best_state, bad
+        model.eval()
+        with torch.no_grad():
+            tensors = operator()
+            value = sum(batch_loss(b, -1, tensors)[1] for b in holdout) / len(holdout)
+        model.train()
+        result.held_out.append((step, value))
+        if value < best_loss:
+            best_loss, best_state, bad, result.best_step = value, _copy_state(operator), 0, step
+        else:
+            bad += 1
+        return bad >= config.patience
 
     model.train()
     bar = progress_bar(config.steps, "fit", config.progress, initial=done, leave=False, main=main)
@@ -202,27 +247,18 @@ def fit(
         torch.manual_seed(seed + rank)  # dropout: one stream per process (the data order is the global one)
         if state is not None:
             restore_rng(state, rank)
-        stream = batch_stream(data, seed, start=done)
+        stream = batch_stream(data, seed, start=len(holdout) + done)
+        if holdout and config.steps and not result.held_out:
+            check(0)
         for step in range(done, config.steps):
-            full = next(stream)
-            if world == 1:
-                loss = target_loss(operator, model, adapter, _on(full, device), device)
-                value = loss.item()
-            else:
-                distributed.check_batch(distributed.batch_rows(full))
-                if step == done:
-                    distributed.check_same(digest_tensors(full), "the first training batch")
-                part, weight, items = distributed.shard(full, causal)
-                loss = distributed.weighted_loss(target_output(operator, model, adapter, _on(part, device), device),
-                                                 weight, items)
-                value = distributed.all_reduce_sum(loss.detach().float().clone()).item()  # the global batch's loss
+            loss, value = batch_loss(next(stream), step)
             if not math.isfinite(value):
                 operator.load_state_dict(last_good)
                 result.diverged_at = step
-                warnings.warn(
-                    f"fit stopped at step {step}: the loss is {value}; kept the operator of step {step - 1}",
-                    FitWarning, stacklevel=2,
-                )
+                kept = f"the operator of step {step - 1}"
+                if holdout:
+                    kept = f"the best held-out operator (step {result.best_step or 0})"
+                warnings.warn(f"fit stopped at step {step}: the loss is {value}; kept {kept}", FitWarning, stacklevel=2)
                 break
             last_good = _copy_state(operator)
             optimizer.zero_grad(set_to_none=True)
@@ -236,9 +272,14 @@ def fit(
             bar.set_postfix(loss=f"{value:.4f}")
             bar.update()
             finished = step + 1
+            if holdout and (finished % config.eval_every == 0 or finished == config.steps) and check(finished):
+                result.stopped_at = finished
+                break
             if checkpoint_dir is not None and checkpoint_every and finished % checkpoint_every == 0 \
                     and finished < config.steps and all_finite(params):
                 save(finished)
+    if holdout and result.held_out:
+        operator.load_state_dict(best_state)
     result.seconds += time.perf_counter() - start
     model.eval()
     if device.type != "cpu":  # hand back CPU modules: the grown model is built and saved from the operator

@@ -73,6 +73,11 @@ class FitConfig:
     a short warmup: the official 10,000-step warmup leaves the lr near zero for
     the whole fit. Weight decay is off because it would pull the operator away
     from its function-preserving start for no benefit over 100 steps.
+
+    The held-out check keeps the best operator seen, the start included, so a fit
+    cannot leave the target worse than its start on data it never fit on: from a
+    function-preserving start on a deep source, the target's loss often rises
+    before it falls, and the fit then stops early and costs little.
     """
 
     steps: int = 100
@@ -82,5 +87,20 @@ class FitConfig:
     clip: float = 1.0
     progress: bool = True
     device: str = "cpu"  #: "cpu", "cuda" or "auto"; on CUDA the target's forward runs in bf16 autocast
+    eval_every: int = 10  #: held-out loss of the operator at step 0 and every k steps; 0: no held-out check
+    eval_batches: int = 4  #: held-out batches, taken from the head of the data and never fit on
+    patience: int = 3  #: stop after this many held-out checks without a new best; the best operator is kept
+
+    def check(self) -> None:
+        """Refuse settings that cannot run, before any work."""
+        if self.steps < 0:
+            raise GrowError(f"fit steps must not be negative, got {self.steps}")
+        for name in ("eval_every", "eval_batches", "patience", "warmup", "clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise GrowError(f"fit {name} must not be negative, got {getattr(self, name)}")
+        if self.eval_every and (self.eval_batches < 1 or self.patience < 1):
+            raise GrowError("a held-out check (eval_every > 0) needs eval_batches >= 1 and patience >= 1")
+        if self.lr <= 0:
+            raise GrowError(f"fit lr must be positive, got {self.lr}")
 
 

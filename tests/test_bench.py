@@ -13,6 +13,7 @@ from growkit.bench.plots import seed_band
 from growkit.bench.report import PLOTS, paired, report_markdown, summarise, text_paired, text_table, warnings, write_report
 from growkit.bench.savings import savings_curve
 from growkit.core.errors import GrowError
+from growkit.settings import FitConfig
 
 
 def curve(xs, losses, fit_flops=0.0, fit_seconds=0.0) -> Curve:
@@ -176,7 +177,11 @@ def test_smoke_curves_start_at_the_fit_cost(smoke):
     _, result, summary, _ = smoke
     ligo = result.runs[0]["ligo"]
     assert ligo["fit"]["steps"] == 3 and ligo["fit_flops"] > 0
-    assert ligo["fit_flops"] == pytest.approx(3 * ligo["fit"]["flops_per_step"], rel=0.05)
+    fit = ligo["fit"]
+    assert [step for step, _ in fit["held_out"]] == [0, 3]  # the held-out check at the start and the end
+    assert fit["flops_per_check"] > fit["flops_materialise"] > 0
+    assert ligo["fit_flops"] == pytest.approx(3 * fit["flops_per_step"] + fit["flops_materialise"]
+                                              + 2 * fit["flops_per_check"])
     assert ligo["history"][0]["flops"] == ligo["fit_flops"]  # the step-0 eval sits at the fit's cost
     assert ligo["history"][0]["seconds"] == ligo["grow_seconds"] > 0
     assert result.runs[0]["scratch"]["history"][0]["flops"] == 0.0
@@ -357,11 +362,13 @@ def test_tiny_long_fits_cost_at_most_five_percent_of_its_budget(family, tmp_path
     source = model_class(config)(config)
     target = preset.target_config(config)
     step = flops_per_batch(target, next(data.train_batches(0)))
+    checks = preset.fit_steps // FitConfig.eval_every + 1  # a fit that never stops early
     for method in ("ligo", "mango"):
         adapter = adapter_for(source)
         operator = get_method(method).build(adapter.to_canonical(source), adapter.dims(target))
-        per_step, materialise = _fit_flops(operator, model_class(target)(target), data, 0)
-        share = (preset.fit_steps * per_step + materialise) / (preset.budget.steps * step)
+        per_step, materialise, forward = _fit_flops(operator, model_class(target)(target), data, 0)
+        per_check = materialise + FitConfig.eval_batches * forward
+        share = (preset.fit_steps * per_step + materialise + checks * per_check) / (preset.budget.steps * step)
         assert 0.03 < share <= 0.05, (method, share)
     with pytest.raises(GrowError, match="tiny-long"):
         get_preset("vit", "tiny-long")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import growkit
 from growkit.arch import adapter_for
 from growkit.arch.tiny import tiny_model
+from growkit.fit import FitConfig
 from growkit.ops import grow_fixed
 from growkit.ops.ligo import build as build_ligo
 from growkit.ops.mango import MangoOperator
@@ -58,8 +60,10 @@ def _start_loss(bed, method: str) -> float:
     src, tgt = adapter.to_canonical(model), adapter.dims(config)
     starts = {
         "net2net": lambda: grow_fixed(src, tgt, "net2net", "identity"),
+        "exact": lambda: grow_fixed(src, tgt, "zero", "identity"),
         "stackbert": lambda: grow_fixed(src, tgt, "net2net", "stack"),
-        "mango+init=net2net": lambda: MangoOperator(src, tgt, init="net2net").materialize(),
+        "mango+init=net2net+split=even": lambda: MangoOperator(src, tgt, init="net2net", split="even").materialize(),
+        "mango+init=stackbert": lambda: MangoOperator(src, tgt, init="stackbert").materialize(),
         "mango": lambda: MangoOperator(src, tgt).materialize(),
         "ligo+init=net2net": lambda: build_ligo(src, tgt, init="net2net").materialize(),
         "ligo": lambda: build_ligo(src, tgt).materialize(),
@@ -71,11 +75,29 @@ def test_the_source_learned_its_language(bed):
     assert bed[2] < 2.5  # uniform over 64 tokens is 4.16; the language's own entropy is ln 3 = 1.10
 
 
-@pytest.mark.parametrize("method", ["net2net", "mango+init=net2net", "ligo+init=net2net"])
+@pytest.mark.parametrize("method", ["net2net", "mango", "mango+init=net2net+split=even", "ligo+init=net2net"])
 def test_net2net_width_with_identity_layers_keeps_the_deep_source(bed, method):
     assert abs(_start_loss(bed, method) - bed[2]) < 0.01
 
 
-@pytest.mark.parametrize("method", ["stackbert", "mango", "ligo"])
+def test_zero_extended_exact_keeps_the_deep_source_exactly(bed):
+    assert abs(_start_loss(bed, "exact") - bed[2]) < 1e-5
+
+
+@pytest.mark.parametrize("method", ["stackbert", "mango+init=stackbert", "ligo"])
 def test_stacked_layers_lose_what_the_deep_source_knows(bed, method):
     assert _start_loss(bed, method) - bed[2] > 0.03
+
+
+def test_the_default_mango_fit_does_not_make_the_deep_source_worse(bed):
+    """Identity insertion keeps the source; the fit's held-out check keeps the best operator, the start included."""
+    model, held_out, source_loss, config = bed
+    successors_gen = torch.Generator().manual_seed(0)
+    successors = torch.randint(0, DEEP["vocab_size"], (DEEP["vocab_size"], 3), generator=successors_gen)
+    gen = torch.Generator().manual_seed(7)
+    data = [_language_batch(gen, successors) for _ in range(34)]
+    grown, result = growkit.grow(model, config, method="mango", data=data, return_fit=True,
+                                 fit_config=FitConfig(steps=30, progress=False))
+    start = dict(result.held_out)[0]
+    assert result.held_out[0][0] == 0 and min(loss for _, loss in result.held_out) <= start
+    assert _loss(grown.eval(), held_out) < source_loss + 0.01

@@ -22,8 +22,8 @@ VOCAB, MASK_ID, SPECIAL = 64, 3, (0, 1, 2, 3)
 PRETRAIN = {"bert": (200, 3e-3)}  # (steps, lr); post-LN MLM sees 15% of the tokens and learns slower
 
 
-def quiet(steps: int) -> FitConfig:
-    return FitConfig(steps=steps, progress=False)
+def quiet(steps: int, **settings) -> FitConfig:
+    return FitConfig(steps=steps, progress=False, **settings)
 
 
 # --- tiny tasks a 2-layer model learns in a second ---------------------------------
@@ -235,7 +235,7 @@ def test_nan_loss_stops_the_fit_and_keeps_the_last_finite_operator():
     def run(data, steps):
         operator = get_method("ligo").build(canon, dims)
         template = adapter.from_canonical(operator.materialize(), config, type(src))
-        return fit(operator, template, adapter, data, quiet(steps))
+        return fit(operator, template, adapter, data, quiet(steps, eval_every=0))
 
     with pytest.warns(UserWarning, match="fit stopped at step 3: the loss is nan; kept the operator of step 2"):
         stopped = run(poisoned, 5)
@@ -245,3 +245,47 @@ def test_nan_loss_stops_the_fit_and_keeps_the_last_finite_operator():
     a, b = stopped.operator.state_dict(), clean.operator.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in b)
     assert all(torch.isfinite(t).all() for t in stopped.operator.materialize().tensors.values())
+
+
+# --- the held-out check -------------------------------------------------------------
+def _ligo_fit(family: str, src, data, config: FitConfig, init: str = "stackbert_noisy"):
+    adapter = adapter_for(src)
+    target = adapter.target_config(src.config, DOUBLE)
+    canon, dims = adapter.to_canonical(src), adapter.dims(target)
+    operator = get_method("ligo").build(canon, dims, init=init)
+    start = {k: v.clone() for k, v in operator.state_dict().items()}
+    template = adapter.from_canonical(operator.materialize(), target, type(src))
+    return fit(operator, template, adapter, data, config), start
+
+
+def test_the_held_out_check_keeps_the_start_when_the_fit_only_hurts(pretrained):
+    """An lr far too high wrecks the operator: the check stops after `patience` checks and keeps the start."""
+    src = pretrained("gpt2")
+    data = task_batches("gpt2", 40, seed=2)
+    result, start = _ligo_fit("gpt2", src, data, quiet(40, lr=0.3, warmup=0, eval_every=2, eval_batches=3, patience=2),
+                              init="exact")
+    steps = [step for step, _ in result.held_out]
+    assert steps == [0, 2, 4] and result.stopped_at == 4 and len(result.losses) == 4 and result.best_step == 0
+    assert result.held_out[1][1] > result.held_out[0][1]
+    kept = result.operator.state_dict()
+    assert all(torch.equal(kept[k], start[k]) for k in start)
+
+
+def test_the_held_out_check_keeps_the_best_operator_of_a_useful_fit(pretrained):
+    """From a lossy start the held-out loss falls; the operator kept is the best one checked, on unseen batches."""
+    src = pretrained("gpt2")
+    data = task_batches("gpt2", 34, seed=2)
+    result, _ = _ligo_fit("gpt2", src, data, quiet(30, eval_every=5, eval_batches=4, patience=3))
+    losses = dict(result.held_out)
+    assert list(losses) == [0, 5, 10, 15, 20, 25, 30] and result.stopped_at is None
+    assert result.best_step == min(losses, key=losses.get) > 0 and losses[result.best_step] < losses[0] - 0.05
+    adapter = adapter_for(src)
+    grown = adapter.from_canonical(result.operator.materialize(), adapter.target_config(src.config, DOUBLE), type(src))
+    assert abs(eval_loss(grown, data[:4]) - losses[result.best_step]) < 1e-5  # the held-out batches: the first 4
+
+
+def test_bad_fit_settings_are_refused_before_any_work():
+    for settings, message in (({"eval_every": 5, "eval_batches": 0}, "needs eval_batches"),
+                              ({"patience": -1}, "patience must not be negative"), ({"lr": 0.0}, "lr must be positive")):
+        with pytest.raises(GrowError, match=message):
+            fit(None, None, None, None, quiet(5, **settings))

@@ -276,7 +276,7 @@ def test_a_deep_gqa_start_by_a_non_integer_factor_equals_the_fixed_operator(init
     _, adapter, src, config = _grown("llama", DEEP_GROW, **DEEP)
     tgt = adapter.dims(config)
     assert (tgt.heads, tgt.kv_heads, tgt.ffn) == (9, 3, 72)
-    op = MangoOperator(src, tgt, init=init, noise=0.0, seed=1)  # the default rank: the start's minimum
+    op = MangoOperator(src, tgt, init=init, noise=0.0, seed=1, split="even")  # the default rank: the start's minimum
     assert op.rank == MIN_RANK[init] == len(build_start(op.src, op.tgt, init, 0.0, torch.Generator()).terms)
     assert parameter_count(src, tgt, init=init) == sum(p.numel() for p in op.parameters())
     reference = _reference(src, tgt, op, init)
@@ -290,13 +290,13 @@ def test_a_deep_gqa_start_by_a_non_integer_factor_equals_the_fixed_operator(init
 def test_start_equals_the_fixed_operator(family, init):
     _, adapter, src, config = _grown(family)
     tgt = adapter.dims(config)
-    reference = _reference(src, tgt, MangoOperator(src, tgt, rank=MIN_RANK[init], init=init, noise=0.0, seed=1), init)
+    reference = _reference(src, tgt, MangoOperator(src, tgt, rank=MIN_RANK[init], init=init, noise=0.0, seed=1, split="even"), init)
     for rank in (MIN_RANK[init], 3):
-        out = MangoOperator(src, tgt, rank=rank, init=init, noise=0.0, seed=1).materialize()
+        out = MangoOperator(src, tgt, rank=rank, init=init, noise=0.0, seed=1, split="even").materialize()
         for name, t in out.tensors.items():
             assert (t - reference.tensors[name]).abs().max() < 1e-12, (name, rank)
     if init == "exact":  # bit for bit, in every role
-        out = MangoOperator(src, tgt, rank=2, init=init, noise=0.0).materialize()
+        out = MangoOperator(src, tgt, rank=2, init=init, noise=0.0, split="even").materialize()
         assert all(torch.equal(t, reference.tensors[n]) for n, t in out.tensors.items())
 
 
@@ -356,7 +356,7 @@ def test_unknown_option_is_refused():
 def test_parameter_count_is_the_formula(family, rank):
     _, adapter, src, config = _grown(family)
     tgt = adapter.dims(config)
-    op = MangoOperator(src, tgt, rank=rank)
+    op = MangoOperator(src, tgt, rank=rank, init="stackbert")  # the default start needs rank 2
     d, mlp = src.dims, {"gpt2": 2, "llama": 3}[family]  # GELU: in, out; SwiGLU: gate, up, down
     b1, b2 = 4 + mlp * math.ceil(d.ffn / d.hidden), 4 + mlp * math.ceil(tgt.ffn / tgt.hidden)
     formula = rank**2 * (b1 * b2 + 2 * d.hidden * tgt.hidden + d.layers * tgt.layers)
@@ -371,10 +371,10 @@ def test_dry_run_counts_the_materialisation_flops(rank):
     from growkit.ops import get_method
 
     model, adapter, src, config = _grown("gpt2")
-    est = fit_estimate(get_method("mango"), model.config, config, seed=0, options={"rank": rank},
+    est = fit_estimate(get_method("mango"), model.config, config, seed=0, options={"rank": rank, "init": "stackbert"},
                        batch_size=2, seq_len=8, steps=10)
     assert not any("not counted" in note for note in est.notes)
-    op = MangoOperator(src, adapter.dims(config), rank=rank)
+    op = MangoOperator(src, adapter.dims(config), rank=rank, init="stackbert")
     with torch.no_grad():
         measured = count_flops(op.materialize)
     assert 0.8 < est.step_extra_flops / (3 * measured) < 1.25
@@ -442,14 +442,14 @@ def test_fit_lowers_held_out_loss_and_trains_only_the_cores(family, rank, tmp_pa
     source, held_out = _pretrained(family, task), task.held_out(16)
     before = {k: v.clone() for k, v in source.state_dict().items()}
     grown, result = growkit.grow(
-        source, GROW, method="mango", rank=rank, data=task, steps=30,
+        source, GROW, method="mango", rank=rank, init="stackbert", data=task, steps=30,  # a start that loses something
         fit_config=FitConfig(steps=30, lr=1e-3, warmup=3, progress=False), return_fit=True,
     )
     op = result.operator
     assert all(torch.equal(v, before[k]) for k, v in source.state_dict().items())
     assert [n for n, _ in op.named_parameters()] == ["s_b", "s_i", "s_o", "s_l"]
     start = adapter_for(source).from_canonical(
-        MangoOperator(adapter_for(source).to_canonical(source), op.target_dims, rank=rank).materialize(),
+        MangoOperator(adapter_for(source).to_canonical(source), op.target_dims, rank=rank, init="stackbert").materialize(),
         grown.config, type(grown),
     )
     assert _loss(grown, held_out) < _loss(start, held_out)
@@ -479,3 +479,23 @@ def test_every_core_gets_gradients_at_a_rank_above_the_start():
     functional_call(template, params, args=(), kwargs=batch, strict=False).loss.backward()
     for name, core in op.named_parameters():
         assert (core.grad[1, :, :, 1] != 0).any(), name  # the extra ring slice learns
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_keep_split_silences_the_new_copies_and_keeps_the_function(family):
+    model, adapter, src, config = _grown(family, {"hidden_size": 64, "num_hidden_layers": 4})
+    tgt = adapter.dims(config)
+    even = MangoOperator(src, tgt, init="exact", noise=0.0, split="even").materialize()
+    op = MangoOperator(src, tgt, init="exact", noise=0.0, split="keep")
+    keep = op.materialize()
+    f1 = src.dims.ffn
+    assert keep.tensors["layer.mlp_out"][:, f1:].abs().max() == 0  # new FFN units write nothing yet
+    assert keep.tensors["layer.mlp_out"][:, :f1].abs().max() > 0
+    mlp_in = keep.tensors["layer.mlp_in"]  # new units read what their source unit reads
+    assert torch.equal(mlp_in[..., f1:], mlp_in[..., : tgt.ffn - f1])
+    assert (mlp_in - even.tensors["layer.mlp_in"]).abs().max() > 0  # the residual's copies are read once
+    inputs = model_inputs(model)
+    big = adapter.from_canonical(keep, config, type(model))
+    assert (logits(big, inputs) - logits(model, inputs)).abs().max() < 1e-5  # big is built in fp32
+    with pytest.raises(GrowError, match="split must be one of"):
+        MangoOperator(src, tgt, split="half")

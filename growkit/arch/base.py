@@ -186,6 +186,10 @@ class Adapter:
             config.head_dim = dims.head_dim  # explicit, or HF re-derives it from hidden/heads
         self.check_config(config)
 
+    def rms_norm_eps(self, config: PretrainedConfig) -> float | None:
+        """The norms' epsilon when every norm is an RMSNorm (HF names it ``rms_norm_eps``); None for LayerNorms."""
+        return getattr(config, "rms_norm_eps", None)
+
     def check_config(self, config: PretrainedConfig) -> None:
         """Refuse configs this adapter cannot represent exactly."""
         hidden, heads = config.hidden_size, config.num_attention_heads
@@ -248,7 +252,7 @@ class Adapter:
             for name in (self.tied_norm, self.tied_norm + "_bias"):
                 if name in specs:
                     specs[name] = ("D.in",)
-        canon = Canonical(self.family, dims, tensors, specs, tied=tied)
+        canon = Canonical(self.family, dims, tensors, specs, tied=tied, rms_norm=self.rms_norm_eps(config) is not None)
         canon.validate()
         return canon
 
@@ -273,10 +277,18 @@ class Adapter:
         return sd
 
     def from_canonical(self, canon: Canonical, config: PretrainedConfig, model_class: type[PreTrainedModel]) -> PreTrainedModel:
-        """Build ``model_class(config)`` holding exactly ``canon``'s weights, in eval mode."""
+        """Build ``model_class(config)`` holding exactly ``canon``'s weights, in eval mode.
+
+        An operator that rescaled the RMSNorm gains (zero-extension) leaves
+        ``rms_norm_eps_scale``: the model gets a copy of ``config`` with
+        ``rms_norm_eps`` scaled to match, so the config travels with the weights.
+        """
         canon.validate()
         if self.dims(config) != canon.dims:
             raise ValueError(f"config sizes {self.dims(config)} do not match the weights' {canon.dims}")
+        if canon.rms_norm_eps_scale != 1.0:
+            config = copy.deepcopy(config)
+            config.rms_norm_eps = self.rms_norm_eps(config) * canon.rms_norm_eps_scale
         return self.load_canonical(model_class(config), canon)
 
     def load_canonical(self, model: PreTrainedModel, canon: Canonical) -> PreTrainedModel:

@@ -7,6 +7,7 @@ from pathlib import Path
 from statistics import mean
 
 from ..arch import IMAGE, family_adapter
+from ..settings import FitConfig
 from .runner import BenchResult
 from .savings import CURVE_FRACTIONS, Comparison, Curve, compare, convergence, savings_curve
 
@@ -277,7 +278,9 @@ def report_markdown(summary: dict) -> str:
         f"- data: {data} ({shape}); eval on the same {p['eval_batches']} held-out batches for every run",
         f"- every target trains {b['steps']} steps: AdamW lr {b['lr']:g}, warmup {b['warmup']}, {b['schedule']} decay "
         f"to {b['min_lr_ratio']:g}x, eval every {b['eval_every']} steps; same data order within a seed",
-        f"- learned operators fit {p['fit_steps']} steps at lr {p['fit_lr']:g} on the same data; their measured FLOPs "
+        f"- learned operators fit up to {p['fit_steps']} steps at lr {p['fit_lr']:g} on the same data, keeping the best "
+        f"operator on held-out batches of the training data (checked at step 0 and every {FitConfig.eval_every} steps; "
+        f"stopped after {FitConfig.patience} checks without a new best; variants may change this with fit_patience); their measured FLOPs, checks included, "
         "and the wall time of the whole grow call start their curves (included in the savings)",
     ]
     lines += ["", "## Savings to reach scratch's final eval loss", ""]

@@ -108,6 +108,7 @@ class BenchSpec:
         if learned:
             settings["fit_steps"] = variant.fit.get("fit_steps", self.preset.fit_steps)
             settings["fit_lr"] = variant.fit.get("fit_lr", self.preset.fit_lr)
+            settings["fit_patience"] = variant.fit.get("fit_patience", FitConfig.patience)
         return settings
 
     def fingerprint(self) -> str:
@@ -196,8 +197,9 @@ def _source_config(spec: BenchSpec, data: TaskData):
     return spec.preset.source_config(vocab_size=len(data.tokenizer))
 
 
-def _fit_flops(operator, model, data: TaskData, seed: int) -> tuple[float, float]:
-    """Measured FLOPs of one fit step (materialise, target forward, backward) and of one materialisation.
+def _fit_flops(operator, model, data: TaskData, seed: int) -> tuple[float, float, float]:
+    """Measured FLOPs of one fit step (materialise, target forward, backward), of one materialisation
+    and of one held-out forward of the target (a batch, weights given).
 
     Counted after ``grow`` on the operator it built and fit, with the grown model as the
     function the step calls (its own weights are not read), so nothing is built twice.
@@ -212,10 +214,11 @@ def _fit_flops(operator, model, data: TaskData, seed: int) -> tuple[float, float
         per_step = count_flops(step)
         with torch.no_grad():
             materialise = count_flops(operator)
+            forward = count_flops(lambda: model(**batch))
     finally:
         model.eval()
         operator.zero_grad(set_to_none=True)
-    return per_step, materialise
+    return per_step, materialise, forward
 
 
 class Runner:
@@ -354,17 +357,21 @@ class Runner:
             model = model_class(target_config)(target_config)
             grow_seconds, fit_flops = 0.0, 0.0
         elif learned:
-            fit_steps, fit_lr = settings["fit_steps"], settings["fit_lr"]
-            fit_config = FitConfig(steps=fit_steps, lr=fit_lr, progress=bool(self.spec.progress), device=p.device)
+            fit_steps, fit_lr, patience = settings["fit_steps"], settings["fit_lr"], settings["fit_patience"]
+            fit_config = FitConfig(steps=fit_steps, lr=fit_lr, progress=bool(self.spec.progress), device=p.device,
+                                   patience=patience, eval_every=FitConfig.eval_every if patience else 0)
             self.log(f"[seed {seed}] {entry}: fitting the operator for {fit_steps} steps")
             start = time.perf_counter()
             model, result = grow(source, target_config, method, seed=seed, data=data, fit_config=fit_config,
                                  return_fit=True, **options)
             grow_seconds = time.perf_counter() - start
-            per_step, materialise = _fit_flops(result.operator, model, data, seed)
-            steps = len(result.losses)
-            fit_flops = per_step * steps + materialise
+            per_step, materialise, forward = _fit_flops(result.operator, model, data, seed)
+            steps, checks = len(result.losses), len(result.held_out)
+            per_check = materialise + forward * fit_config.eval_batches  # the held-out check's cost
+            fit_flops = per_step * steps + materialise + per_check * checks
             fit = {"steps": steps, "lr": fit_lr, "flops": fit_flops, "flops_per_step": per_step,
+                   "flops_materialise": materialise, "flops_per_check": per_check,
+                   "held_out": result.held_out, "best_step": result.best_step, "stopped_at": result.stopped_at,
                    "seconds": grow_seconds, "fit_loop_seconds": result.seconds, "losses": result.losses,
                    "diverged_at": result.diverged_at, "options": options}
             self.log(f"[seed {seed}] {entry}: fit loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f} "

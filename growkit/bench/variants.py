@@ -6,7 +6,8 @@ A benchmark entry is a method name, or a method name with ``+key=value`` parts::
     ligo+fit_steps=300         the learned operator fits 300 steps
     mango+fit_lr=3e-3+init=interpolate
 
-``fit_steps`` and ``fit_lr`` set the fit (learned methods only); every other key
+``fit_steps``, ``fit_lr`` and ``fit_patience`` (held-out checks without a new best
+before the fit stops; 0 turns the check off) set the fit (learned methods only); every other key
 is a ``grow()`` option of the method. A variant trains its target exactly like
 every other run (the same TrainConfig and data order), so an ablation of an
 operator's recipe reuses the benchmark's scratch and fixed-method runs.
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..core.errors import GrowError
 
-FIT_KEYS = ("fit_steps", "fit_lr")
+FIT_KEYS = ("fit_steps", "fit_lr", "fit_patience")
 
 
 def parse_value(text: str):
@@ -51,8 +52,9 @@ def parse_variant(entry: str, defaults: dict | None = None) -> Variant:
         if not (eq and key):
             raise GrowError(f"{entry!r}: variant parts take key=value (e.g. mango+rank=2), not {part!r}")
         (fit if key in FIT_KEYS else options)[key] = parse_value(value)
-    if "fit_steps" in fit and (not isinstance(fit["fit_steps"], int) or fit["fit_steps"] < 0):
-        raise GrowError(f"{entry!r}: fit_steps must be a non-negative integer")
+    for key in ("fit_steps", "fit_patience"):
+        if key in fit and (not isinstance(fit[key], int) or fit[key] < 0):
+            raise GrowError(f"{entry!r}: {key} must be a non-negative integer")
     if "fit_lr" in fit and (not isinstance(fit["fit_lr"], (int, float)) or fit["fit_lr"] <= 0):
         raise GrowError(f"{entry!r}: fit_lr must be positive")
     if method == "scratch" and (options or fit):

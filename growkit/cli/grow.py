@@ -36,9 +36,10 @@ SIZE_FLAGS = {
 }
 #: the options only a fixed method uses, and those only a learned method's fit uses (besides its own ``options``)
 FIXED_OPTIONS = ("width", "depth")
-FIT_OPTIONS = ("steps", "lr", "checkpoint_every", "device", "data", "batch_size", "seq_len")
+FIT_OPTIONS = ("steps", "lr", "patience", "checkpoint_every", "device", "data", "batch_size", "seq_len")
 #: what a learned method's fit uses when the options are not given
-FIT_DEFAULTS = {"steps": FitConfig.steps, "lr": FitConfig.lr, "device": "auto", "batch_size": 16}
+FIT_DEFAULTS = {"steps": FitConfig.steps, "lr": FitConfig.lr, "patience": FitConfig.patience, "device": "auto",
+                "batch_size": 16}
 
 
 def add_parser(sub) -> None:
@@ -72,12 +73,20 @@ def add_parser(sub) -> None:
     fixed = p.add_argument_group("fixed methods (a learned method refuses these)")
     fixed.add_argument("--width", choices=list(WIDTH_OPS), help="override the method's width operator")
     fixed.add_argument("--depth", choices=list(DEPTH_OPS), help="override the method's depth operator")
-    p.add_argument("--noise", type=float, help="symmetry-breaking noise, relative to each matrix's std (every method)")
+    p.add_argument("--noise", type=float, help="symmetry-breaking noise, relative to each matrix's std (every method; "
+                   "for exact's zero-extended width, the std of the new inputs, default 1)")
     learned = p.add_argument_group("learned methods (ligo, mango; a fixed method refuses these)")
     learned.add_argument("--steps", type=int, help=f"fit steps (default: {FIT_DEFAULTS['steps']})")
     learned.add_argument("--lr", type=float, help=f"the operator's learning rate (default: {FIT_DEFAULTS['lr']})")
+    learned.add_argument("--patience", type=int,
+                         help=f"stop the fit after this many held-out checks (every {FitConfig.eval_every} steps, on "
+                         f"{FitConfig.eval_batches} batches held out from the data) without a new best, and keep the best "
+                         f"operator, the start included; 0 turns the check off (default: {FIT_DEFAULTS['patience']})")
     learned.add_argument("--rank", type=int, help="Mango tensor-ring rank (mango only; default: the smallest that holds --init: 1, or 2 for net2net, bert2bert, exact)")
     learned.add_argument("--init", help="start from this operator (e.g. stackbert, net2net, bert2bert)")
+    learned.add_argument("--split", choices=("even", "keep"),
+                         help="mango only: how the start shares a copied unit's outgoing weights: even (Net2Net's "
+                         "1/copies) or keep (the original keeps them, new copies start silent); both keep the function")
     add_device_option(learned, "the fit (the operator always computes in fp32)")
     add_checkpoint_option(learned, "fit (into OUT_DIR.partial/, removed once OUT_DIR is written)")
     add_data_options(p)
@@ -125,8 +134,8 @@ def check_options(args: argparse.Namespace) -> None:
             if getattr(args, name) is None:
                 setattr(args, name, value)
         args.checkpoint_every = checkpoint_interval(args.checkpoint_every, args.steps)
-        if args.steps < 0 or not args.lr > 0:
-            raise GrowError("--steps must not be negative and --lr must be positive")
+        if args.steps < 0 or args.patience < 0 or not args.lr > 0:
+            raise GrowError("--steps and --patience must not be negative and --lr must be positive")
         check_batch_size(args.batch_size)
 
 
@@ -139,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from ..estimate import check_memory, fit_estimate, fixed_estimate
     from ..fit import FitWarning, latest_fit_checkpoint
     from ..io import load_config
-    from ..ops import get_method
+    from ..ops import choose_width, get_method
 
     src, out = Path(args.src), Path(args.out)
     check_apart(src, out, "OUT_DIR")
@@ -175,9 +184,13 @@ def run(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size, seq_len=seq_len, steps=args.steps)
     else:
         est = fixed_estimate(src_config, config, seq_len)
+        args.width = choose_width(method, adapter.dims(src_config), adapter.dims(config), family=adapter.family,
+                                  rms_norm=adapter.rms_norm_eps(src_config) is not None, width=args.width)
     if args.dry_run:
         print(describe("source", src_config))
         print(describe("target", config))
+        if not method.learned:
+            print(f"{'width, depth operators':<24}{args.width}, {args.depth or method.depth}")
         print_estimate(est)
         return 0
     check_memory(est, device)
@@ -188,14 +201,15 @@ def run(args: argparse.Namespace) -> int:
             grown = grow(model, config, args.method, seed=args.seed, width=args.width, depth=args.depth, **options)
             save_model(grown, out, src=src, tokenizer=tokenizer, overwrite=args.overwrite)
             print(describe("grown", grown.config))
-            print(f"saved to {out} (grown on cpu)")
+            print(f"saved to {out} (grown on cpu; width operator {args.width}, depth operator {args.depth or method.depth})")
 
         distributed.barrier()
         distributed.on_main(grow_fixed)
         return 0
     data = task_data(args, model.config, tokenizer)
     # grow() claims the checkpoint folder (lock, identity) and resumes from it
-    fit_config = FitConfig(steps=args.steps, lr=args.lr, progress=sys.stderr.isatty(), device=device)
+    fit_config = FitConfig(steps=args.steps, lr=args.lr, progress=sys.stderr.isatty(), device=device,
+                           patience=args.patience, eval_every=FitConfig.eval_every if args.patience else 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)  # reported below as an error
         grown, result = grow(model, config, args.method, seed=args.seed, data=data, fit_config=fit_config,
@@ -216,5 +230,10 @@ def run(args: argparse.Namespace) -> int:
     remove(partial)  # renamed away first: a kill now leaves no half-deleted checkpoint folder
     print(describe("grown", grown.config))
     print(f"fit {len(result.losses)} steps: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses else "fit 0 steps")
+    if result.held_out:
+        held = dict(result.held_out)
+        stop = f"; stopped early at step {result.stopped_at}" if result.stopped_at else ""
+        print(f"held-out loss {held[0]:.4f} at the start, {held[result.best_step]:.4f} at step {result.best_step} "
+              f"(the operator kept){stop}")
     print(f"saved to {out} (fit on {resolved_device(device)})")
     return 0

@@ -18,7 +18,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     for name, method in CATALOG.items():
-        kind = "learned" if method.learned else f"width={method.width}, depth={method.depth}"
+        width = method.width
+        if method.uneven_width:
+            width += f" (or {method.uneven_width} where a factor is not whole)"
+        kind = "learned" if method.learned else f"width={width}, depth={method.depth}"
         print(f"{name:<12} {method.summary}  [{kind}]")
     print(f"\nwidth operators: {', '.join(WIDTH_OPS)}    depth operators: {', '.join(DEPTH_OPS)}")
     return 0

@@ -100,7 +100,10 @@ class Canonical:
     """A model's weights by role, with their axis specs and the sizes they imply.
 
     ``tensors`` and ``specs`` share keys. ``tied`` means the output projection is
-    the token embedding (there is then no ``lm_head`` tensor).
+    the token embedding (there is then no ``lm_head`` tensor). ``rms_norm`` says
+    every norm is an RMSNorm (zero-extension needs it); an operator that rescales
+    the RMSNorm gains (zero-extension) records the factor the config's
+    ``rms_norm_eps`` must take in ``rms_norm_eps_scale``, and the adapter applies it.
     """
 
     family: str
@@ -108,6 +111,8 @@ class Canonical:
     tensors: dict[str, torch.Tensor]
     specs: dict[str, tuple[str, ...]]
     tied: bool = False
+    rms_norm: bool = False
+    rms_norm_eps_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if set(self.tensors) != set(self.specs):

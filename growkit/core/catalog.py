@@ -12,12 +12,9 @@ from dataclasses import dataclass, field
 
 from .errors import GrowError
 
-#: width operators: keyword arguments of :func:`growkit.ops.width.widen`
-WIDTH_OPS: dict[str, dict] = {
-    "net2net": {"strategy": "random", "noise": 0.01},
-    "aki": {"strategy": "random", "knowledge_from_next_layer": True},
-    "tile": {"strategy": "tile", "noise": 0.01},
-}
+#: width operators (:data:`growkit.ops.registry.WIDTH_OPERATORS` implements each: unit copies and tiling in
+#: :mod:`growkit.ops.width`, zero-extension in :mod:`growkit.ops.zero_width`)
+WIDTH_OPS = ("net2net", "aki", "tile", "zero")
 #: depth operators (:data:`growkit.ops.depth.DEPTH_OPERATORS` implements each)
 DEPTH_OPS = ("stack", "interpolate", "identity")
 #: the device names the command line accepts
@@ -45,17 +42,23 @@ class Option:
 NOISE = Option("noise", float, "a number")
 RANK = Option("rank", int, "an integer")
 INIT = Option("init", str, "a method name")
+SPLIT = Option("split", str, "'even' or 'keep'")
 
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A method's name, summary and the ``grow()`` options it takes; fixed methods name their two operators."""
+    """A method's name, summary and the ``grow()`` options it takes; fixed methods name their two operators.
+
+    ``uneven_width`` is the width operator used instead of ``width`` where a
+    growth factor is not a whole number (``exact``: zero-extension, for RMSNorm models).
+    """
 
     name: str
     summary: str
     width: str | None = None
     depth: str | None = None
     options: tuple[Option, ...] = field(default=(NOISE,))
+    uneven_width: str | None = None
 
     @property
     def learned(self) -> bool:
@@ -88,12 +91,13 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("net2net", "Net2Net: random unit copies with split outgoing weights; identity layers for depth",
                "net2net", "identity"),
     MethodInfo("bert2bert", "bert2BERT AKI: new units take the next layer's weights; stacked depth", "aki", "stack"),
-    MethodInfo("exact", "function-preserving: tiled width with cancelling noise; identity layers for depth",
-               "tile", "identity"),
+    MethodInfo("exact", "function-preserving: tiled width with cancelling noise (whole growth factors) or "
+               "zero-extended width (other factors, RMSNorm models only); identity layers for depth",
+               "tile", "identity", uneven_width="zero"),
     MethodInfo("ligo", "LiGO: learned width and depth maps, fit on the target's loss (init: stackbert_noisy or a "
                "fixed method)", options=(INIT, NOISE)),
     MethodInfo("mango", "Mango: learned tensor-ring (multi-linear) growth operator of rank R, fit on the target's loss",
-               options=(RANK, INIT, NOISE)),
+               options=(RANK, INIT, NOISE, SPLIT)),
 )}
 #: every option some method takes, in the order the command line checks them
 OPTION_NAMES = tuple(dict.fromkeys(option.name for method in CATALOG.values() for option in method.options))

@@ -1,6 +1,9 @@
 """The method registry: every method an object, with its operators, its options and its costs.
 
-A fixed method pairs a :class:`~growkit.ops.width.WidthOperator` with a
+A fixed method pairs a width operator (unit copies or tiling,
+:class:`~growkit.ops.width.WidthOperator`, or zero-extension,
+:class:`~growkit.ops.zero_width.ZeroWidthOperator`; each refuses the sizes it
+cannot reach with its ``check``) with a
 :class:`~growkit.ops.depth.DepthOperator`; a learned one builds a
 :class:`~growkit.ops.operator.GrowthOperator` and may say what that operator
 costs without building it (``parameter_count``, ``materialize_flops``: for the
@@ -19,7 +22,13 @@ from ..core.errors import GrowError
 from ..core.registry import register_once
 from .depth import DEPTH_OPERATORS, DepthOperator
 from .operator import GrowthOperator
-from .width import WIDTH_OPERATORS, WidthOperator
+from .width import COPYING_OPERATORS, WidthOperator, check_factors, uneven_factors
+from .zero_width import ZERO, ZeroWidthOperator, layer_norm_refusal
+
+#: a width operator of either kind: unit copies or tiling, or zero-extension
+AnyWidthOperator = WidthOperator | ZeroWidthOperator
+#: the width operators, by the catalogue's names
+WIDTH_OPERATORS: dict[str, AnyWidthOperator] = {**COPYING_OPERATORS, ZERO.name: ZERO}
 
 #: ``(source, target_dims, **options)`` -> a count, for an operator that is not built
 CostHook = Callable[..., float]
@@ -38,7 +47,7 @@ class Method(MethodInfo):
         return self.builder is not None
 
     @property
-    def width_operator(self) -> WidthOperator:
+    def width_operator(self) -> AnyWidthOperator:
         return width_operator(self.width)
 
     @property
@@ -66,7 +75,7 @@ for _info in CATALOG.values():
         register(Method(**vars(_info)))
 
 
-def width_operator(name: str) -> WidthOperator:
+def width_operator(name: str) -> AnyWidthOperator:
     if name not in WIDTH_OPERATORS:
         raise GrowError(f"unknown width operator {name!r}; choose one of {', '.join(WIDTH_OPERATORS)}")
     return WIDTH_OPERATORS[name]
@@ -91,6 +100,23 @@ def fixed_methods() -> dict[str, Method]:
 def methods() -> dict[str, str]:
     """Every method's name and one-line summary."""
     return {name: m.summary for name, m in METHODS.items()}
+
+
+def choose_width(method: MethodInfo, src: Dims, tgt: Dims, *, family: str, rms_norm: bool,
+                 width: str | None = None) -> str:
+    """The width operator a fixed method uses at these sizes (``width`` overrides the method's).
+
+    A method with an ``uneven_width`` (``exact``) switches to it where a growth
+    factor is not whole. Sizes the chosen operator cannot reach are refused here,
+    from the sizes alone, before any weight is read.
+    """
+    chosen = width or method.width
+    if width is None and method.uneven_width and uneven_factors(src, tgt):
+        if not rms_norm:
+            check_factors(src, tgt, note=layer_norm_refusal(family))
+        chosen = method.uneven_width
+    width_operator(chosen).check(src, tgt, family=family, rms_norm=rms_norm)
+    return chosen
 
 
 def grow_fixed(src: Canonical, tgt_dims: Dims, width: str, depth: str, *, seed: int = 0,

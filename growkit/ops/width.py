@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 from ..core.canonical import GROWABLE, Canonical, Dims, parse_axis
-from ..core.catalog import WIDTH_OPS
 from ..core.errors import GrowError
 
 Tensor = torch.Tensor
@@ -32,19 +31,28 @@ def _select(n_old: int, n_new: int, strategy: str, gen: torch.Generator) -> Tens
     return torch.cat([torch.arange(n_old), extra])
 
 
-def _check_factors(src: Dims, tgt: Dims) -> None:
-    """Refuse, naming every offending size, a tiling whose growth factors are not whole numbers."""
+def uneven_factors(src: Dims, tgt: Dims) -> str:
+    """Every size whose growth factor is not a whole number, for a message ('' when tiling fits)."""
     sizes = [("hidden size", src.hidden, tgt.hidden), ("FFN size", src.ffn, tgt.ffn),
              ("attention heads (head counts)", src.heads, tgt.heads)]
     if (src.kv_heads, tgt.kv_heads) != (src.heads, tgt.heads):  # grouped-query attention
         sizes += [("kv heads (head counts)", src.kv_heads, tgt.kv_heads),
                   ("query heads per kv head", src.heads // src.kv_heads, tgt.heads // tgt.kv_heads)]
     bad = [f"{what} {old} -> {new} (x{new / old:.3g})" for what, old, new in sizes if new % old]
+    return f"{'; '.join(bad)} {'is' if len(bad) == 1 else 'are'} not" if bad else ""
+
+
+def check_factors(src: Dims, tgt: Dims, note: str = "") -> None:
+    """Refuse, naming every offending size, a tiling whose growth factors are not whole numbers.
+
+    ``note`` says whether zero-extension, which grows to any size, applies instead.
+    """
+    bad = uneven_factors(src, tgt)
     if bad:
         raise GrowError(
-            f"exact width needs an integer growth factor for every size, but {'; '.join(bad)} "
-            f"{'is' if len(bad) == 1 else 'are'} not; choose whole multiples of the source's sizes, or use net2net "
-            "or bert2bert, which copy units at random"
+            f"exact width needs an integer growth factor for every size, but {bad}"
+            f"{'; ' + note if note else ''}; choose whole multiples of the source's sizes, "
+            "or use net2net or bert2bert, which copy units at random"
         )
 
 
@@ -78,7 +86,7 @@ class WidthMap:
     def build(cls, src: Dims, tgt: Dims, strategy: str, gen: torch.Generator) -> "WidthMap":
         """Choose copies for hidden, FFN and heads; ``strategy`` is ``"random"`` or ``"tile"``."""
         if strategy == "tile":
-            _check_factors(src, tgt)
+            check_factors(src, tgt)
         hd = src.head_dim
         kv_index = _select(src.kv_heads, tgt.kv_heads, strategy, gen)
         group_src, group_tgt = src.heads // src.kv_heads, tgt.heads // tgt.kv_heads
@@ -193,6 +201,12 @@ class WidthOperator:
     noise: float = 0.0  #: the default symmetry-breaking noise, relative to each matrix's std
     knowledge_from_next_layer: bool = False  #: bert2BERT AKI: new output units read layer l+1
 
+    def check(self, src: Dims, tgt: Dims, *, family: str, rms_norm: bool) -> None:
+        """Refuse, from the sizes alone and before any weight is read, sizes this operator cannot reach."""
+        if self.strategy == "tile":
+            check_factors(src, tgt, note="width 'zero' (exact's choice here) grows RMSNorm models to any size"
+                          if rms_norm else "")
+
     def start(self, src: Canonical, tgt_dims: Dims, *, noise: float | None = None,
               seed: int = 0) -> tuple[WidthMap, dict[str, Tensor]]:
         """The copy map and the cancelling noise this operator applies (see :func:`width_start`)."""
@@ -203,8 +217,12 @@ class WidthOperator:
                      knowledge_from_next_layer=self.knowledge_from_next_layer, seed=seed)
 
 
-#: the width operators, by the catalogue's names
-WIDTH_OPERATORS: dict[str, WidthOperator] = {name: WidthOperator(name, **spec) for name, spec in WIDTH_OPS.items()}
+#: the unit-copying width operators (zero-extension is the other kind: :mod:`~growkit.ops.zero_width`)
+COPYING_OPERATORS: dict[str, WidthOperator] = {op.name: op for op in (
+    WidthOperator("net2net", "random", noise=0.01),
+    WidthOperator("aki", "random", knowledge_from_next_layer=True),
+    WidthOperator("tile", "tile", noise=0.01),
+)}
 
 
 def _next_layer(t: Tensor) -> Tensor:

@@ -45,12 +45,18 @@ Tensors with no growable axis and no layer axis (vocab or label biases) are copi
 Start. Each start is a sum of c Kronecker terms placed on the ring's diagonal
 (c <= R), and the first materialisation equals that fixed operator exactly:
 
-- Width. S_O copies units, S_I splits them by their copy count (Net2Net/bert2BERT
-  FPI), one pattern on every tile, so the selection is head-aligned: growkit's
-  own GQA-aware head map (:class:`~growkit.ops.width.WidthMap`), applied to the
-  hidden units, to the positions inside every FFN and attention tile, and to the
-  kv heads through the spread K layout. S_B copies whole tiles (identity when
-  ceil(F/D) is unchanged), splitting ``.in`` tiles by their copy count.
+- Width. S_O copies units, S_I shares each unit's outgoing weights among its
+  copies, one pattern on every tile: ``split="even"`` gives each copy 1/count
+  (Net2Net/bert2BERT FPI); ``split="keep"`` (the default) leaves them all with
+  the original and starts the new copies silent. Both compute the source's
+  function, but even shares give the copies equal gradients for ever (Adam
+  normalises away their scale), while a silent copy's outgoing weights grow from
+  the gradient alone, so its inputs then learn something else. The selection is
+  head-aligned: growkit's own GQA-aware head map
+  (:class:`~growkit.ops.width.WidthMap`), applied to the hidden units, to the
+  positions inside every FFN and attention tile, and to the kv heads through the
+  spread K layout. S_B copies whole tiles (identity when ceil(F/D) is
+  unchanged), sharing ``.in`` tiles among their copies the same way.
 - Depth. S_L is the stacking or interpolation matrix. Identity insertion zeroes
   the copies' residual outputs (o, mlp_out and biases): a second term whose S_B
   keeps only those tiles and whose S_L drops the silenced layers, while the
@@ -75,10 +81,10 @@ default ``rank=None`` takes the start's min. rank, so ``init=net2net`` alone giv
 =============  ==========  ====================================================
 init           min. rank   note
 =============  ==========  ====================================================
-stackbert      1           Net2Net width, stacked layers (default)
+stackbert      1           Net2Net width, stacked layers
 interpolate    1           Net2Net width, layers repeated in place
 net2net        2           Net2Net width, identity insertion (two terms; 1 if
-                           no layer is added)
+                           no layer is added); the default, with split=keep
 bert2bert      2           AKI width (two terms; 1 if no unit is added), stacked
 exact          2           tiled width, identity insertion (1 if no layer is
                            added); equals ``grow_fixed(..., "tile", "identity",
@@ -100,6 +106,6 @@ generic tensor-ring engine in :mod:`growkit.ops.ring`.
 """
 from __future__ import annotations
 
-from .operator import DEFAULT_INIT, MANGO, MangoOperator, build, materialize_flops, parameter_count
+from .operator import DEFAULT_INIT, DEFAULT_SPLIT, MANGO, MangoOperator, build, materialize_flops, parameter_count
 
-__all__ = ["DEFAULT_INIT", "MANGO", "MangoOperator", "build", "materialize_flops", "parameter_count"]
+__all__ = ["DEFAULT_INIT", "DEFAULT_SPLIT", "MANGO", "MangoOperator", "build", "materialize_flops", "parameter_count"]

@@ -1,6 +1,6 @@
 """The Mango operator, its registry entry and its cost hooks (see :mod:`growkit.ops.mango`).
 
-The recipe's defaults are the module-level constants at the top (``DEFAULT_INIT``).
+The recipe's defaults are the module-level constants at the top (``DEFAULT_INIT``, ``DEFAULT_SPLIT``).
 """
 from __future__ import annotations
 
@@ -19,13 +19,15 @@ from ..ring.chunks import Workspace
 from ..ring.execute import MAX_ELEMENTS, ring_map, ring_map_split, source_layout
 from ..ring.plan import ring_path
 from .packing import Packing, _blocks, _home, _placements
-from .start import build_start, ring_cores, start_rank
+from .start import SPLITS, build_start, ring_cores, start_rank
 
 Tensor = torch.Tensor
 
 # --- the recipe's defaults ------------------------------------------------------
 #: the fixed method the operator starts from when no init= is given
-DEFAULT_INIT = "stackbert"
+DEFAULT_INIT = "net2net"
+#: how the start shares a copied unit's outgoing weights (``keep``: the original keeps them, new copies start silent)
+DEFAULT_SPLIT = "keep"
 
 #: the fixed methods a start can equal, and the learned ones it cannot, with why
 UNREACHABLE = {
@@ -35,7 +37,7 @@ UNREACHABLE = {
 
 
 def parameter_count(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT,
-                    noise: float | None = None) -> int:
+                    noise: float | None = None, split: str = DEFAULT_SPLIT) -> int:
     """The Mango operator's parameter count, R^2 (B1 B2 + 2 D1 D2 + L1 L2), without building it."""
     rank = start_rank(init, source.dims, target_dims) if rank is None else rank
     (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
@@ -43,7 +45,7 @@ def parameter_count(source: Canonical, target_dims: Dims, rank: int | None = Non
 
 
 def materialize_flops(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT,
-                      noise: float | None = None) -> float:
+                      noise: float | None = None, split: str = DEFAULT_SPLIT) -> float:
     """FLOPs of one materialisation's M1 -> M2 contraction (its path cost), without building the operator.
 
     For ``--dry-run``, where the operator cannot be built (its start is not meta-safe); the
@@ -72,10 +74,13 @@ class MangoOperator(GrowthOperator):
         noise: float | None = None,
         seed: int = 0,
         max_elements: int = MAX_ELEMENTS,
+        split: str = DEFAULT_SPLIT,
     ):
         super().__init__(source, target_dims)
         source.dims.check_growth_to(target_dims)
         _check_init(init, rank)
+        if split not in SPLITS:
+            raise GrowError(f"Mango's split must be one of {', '.join(SPLITS)}, got {split!r}")
         method = fixed_methods()[init]
         noise = method.width_operator.noise if noise is None else float(noise)
         self.init, self.max_elements = init, max_elements
@@ -83,7 +88,7 @@ class MangoOperator(GrowthOperator):
         self.placements = _placements(source)
         self.src, self.tgt = Packing(self.placements, source.dims), Packing(self.placements, target_dims)
         gen = torch.Generator().manual_seed(seed)
-        start = build_start(self.src, self.tgt, init, noise, gen)
+        start = build_start(self.src, self.tgt, init, noise, gen, split)
         rank = start_rank(init, source.dims, target_dims) if rank is None else rank
         self.rank = rank
         if len(start.terms) > rank:
@@ -186,6 +191,7 @@ def build(
     rank: int | None = None,
     init: str = DEFAULT_INIT,
     noise: float | None = None,
+    split: str = DEFAULT_SPLIT,
 ) -> MangoOperator:
     """A Mango operator of ``rank`` starting at the fixed method ``init``.
 
@@ -195,8 +201,10 @@ def build(
 
     ``noise`` is the start's cancelling symmetry-breaking noise (default: the fixed
     method's own, 0.01 or 0 for AKI); ``noise=0`` makes the start equal the fixed method.
+    ``split`` shares a copied unit's outgoing weights ``even`` (Net2Net) or ``keep``s them
+    with the original (new copies start silent); both keep the function.
     """
-    return MangoOperator(source, target_dims, rank=rank, init=init, noise=noise, seed=seed)
+    return MangoOperator(source, target_dims, rank=rank, init=init, noise=noise, seed=seed, split=split)
 
 
 #: the registry entry (registered by :mod:`growkit.ops`)

@@ -14,6 +14,8 @@ from ..width import AxisMap, WidthMap
 from .packing import Packing
 
 Tensor = torch.Tensor
+#: how a start shares a copied unit's outgoing weights between its copies (see :func:`_split_matrix`)
+SPLITS = ("even", "keep")
 
 
 @dataclass
@@ -42,7 +44,7 @@ def _head_selection(src: Dims, tgt: Dims, strategy: str, gen: torch.Generator) -
     return WidthMap.build(src, at_src_depth, strategy, gen)
 
 
-def _tile_map(src: Packing, tgt: Packing) -> Tensor:
+def _tile_map(src: Packing, tgt: Packing, split: str) -> Tensor:
     """S_B of a start (B1 x B2): target tile (r, c) copies (r mod rows1, c mod cols1); .in tiles split."""
     out = torch.zeros(src.blocks, tgt.blocks, dtype=torch.float64)
     for name in src.matrices:
@@ -51,7 +53,8 @@ def _tile_map(src: Packing, tgt: Packing) -> Tensor:
         copies = torch.bincount(torch.arange(a2) % a1, minlength=a1).double()
         rows = src.offset[name] + (r2 % a1) * b1 + c2 % b1
         cols = tgt.offset[name] + r2 * b2 + c2
-        out[rows.reshape(-1), cols.reshape(-1)] = (1 / copies[r2 % a1]).expand(a2, b2).reshape(-1)
+        share = 1 / copies[r2 % a1] if split == "even" else (r2 < a1).double()
+        out[rows.reshape(-1), cols.reshape(-1)] = share.expand(a2, b2).reshape(-1)
     return out
 
 
@@ -63,25 +66,45 @@ def _cancelling_noise(index: Tensor, n_old: int, scale: float, gen: torch.Genera
     return noise - sums[:, index] / counts[index]
 
 
-def build_start(src: Packing, tgt: Packing, init: str, noise: float, gen: torch.Generator) -> Start:
+def _split_matrix(sigma: Tensor, n_old: int, split: str) -> Tensor:
+    """S_I's share of each copy in its source unit's outgoing weights (columns: target units).
+
+    ``even``: 1/count each (Net2Net). ``keep``: the source unit's first copy keeps
+    all of it and the later copies start silent. Both compute the same function,
+    but even shares make the copies' gradients equal, while a silent copy's
+    outgoing weights grow from the gradient alone, so its inputs then move
+    differently from the original's.
+    """
+    copy = _select_matrix(sigma, n_old)
+    if split == "even":
+        return copy / torch.bincount(sigma, minlength=n_old).double()[:, None]
+    return copy * _first_copies(sigma, n_old)
+
+
+def _first_copies(sigma: Tensor, n_old: int) -> Tensor:
+    """Which target units are the first copy of their source unit (the others are new units)."""
+    first = torch.full((n_old,), len(sigma)).scatter_reduce(0, sigma, torch.arange(len(sigma)), "amin")
+    return torch.arange(len(sigma)) == first[sigma]
+
+
+def build_start(src: Packing, tgt: Packing, init: str, noise: float, gen: torch.Generator,
+                split: str = "even") -> Start:
     """The Kronecker terms of the fixed method ``init`` (a width and a depth operator)."""
     method = fixed_methods()[init]
     wmap = _head_selection(src.dims, tgt.dims, method.width_operator.strategy, gen)
     sigma = wmap.axes["Q"].index  # source unit of each target unit inside a D-wide tile
     d1 = src.dims.hidden
-    counts = torch.bincount(sigma, minlength=d1).double()
     copy = _select_matrix(sigma, d1)
-    split = copy / counts[:, None]
+    shares = _split_matrix(sigma, d1, split)
     # width terms: (S_I, S_O, source-layer shift)
-    width = [(split, copy, 0)]
+    width = [(shares, copy, 0)]
     if method.width_operator.knowledge_from_next_layer:
-        first = torch.full((d1,), len(sigma)).scatter_reduce(0, sigma, torch.arange(len(sigma)), "amin")
-        new = torch.arange(len(sigma)) != first[sigma]
+        new = ~_first_copies(sigma, d1)
         if new.any():
-            width = [(split, copy * ~new, 0), (split, copy * new, 1)]
+            width = [(shares, copy * ~new, 0), (shares, copy * new, 1)]
     # depth terms: (S_B, which target layers keep their residual outputs)
     dmap = method.depth_operator.layer_map(src.dims.layers, tgt.dims.layers)
-    tiles = _tile_map(src, tgt)
+    tiles = _tile_map(src, tgt, split)
     depth = [(tiles, None)]
     if any(dmap.silenced):
         residual = torch.zeros(tgt.blocks, dtype=torch.bool)
