@@ -53,7 +53,7 @@ class FitResult:
     operator: GrowthOperator
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
-    diverged_at: int | None = None
+    diverged_at: int | None = None  #: the step (counted from 1) whose loss was not finite
     held_out: list[tuple[int, float]] = field(default_factory=list)  #: (step, held-out loss) of every check
     best_step: int | None = None  #: the step whose operator was kept (None without a held-out check)
     stopped_at: int | None = None  #: the step where the held-out check ended the fit early
@@ -254,11 +254,11 @@ def fit(
             loss, value = batch_loss(next(stream), step)
             if not math.isfinite(value):
                 operator.load_state_dict(last_good)
-                result.diverged_at = step
-                kept = f"the operator of step {step - 1}"
+                result.diverged_at = step + 1  # steps count from 1, as in training: step k ends with k updates
+                kept = f"the operator after step {step - 1}" if step > 1 else "the start"
                 if holdout:
                     kept = f"the best held-out operator (step {result.best_step or 0})"
-                warnings.warn(f"fit stopped at step {step}: the loss is {value}; kept {kept}", FitWarning, stacklevel=2)
+                warnings.warn(f"fit stopped at step {step + 1}: the loss is {value}; kept {kept}", FitWarning, stacklevel=2)
                 break
             last_good = _copy_state(operator)
             optimizer.zero_grad(set_to_none=True)

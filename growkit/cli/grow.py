@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         found = latest_fit_checkpoint(partial)
         kept = f"the last good checkpoint (after step {found[0]}) is kept in {partial}" if found else "no checkpoint was reached"
         raise GrowError(
-            f"the fit's loss became non-finite at step {result.diverged_at + 1} of {args.steps}; no model was "
+            f"the fit's loss became non-finite at step {result.diverged_at} of {args.steps}; no model was "
             f"written and {kept}; try a lower --lr"
         )
     # the grown model keeps the tokenizer it was fit with (the source's, or the BPE trained on the data)
