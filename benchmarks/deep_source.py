@@ -12,7 +12,8 @@ real checkpoint"). This bed reproduces that situation at CPU scale:
 For every entry it prints the held-out loss of the grown model before any training
 (the start) and, for learned methods, after ``--fit-steps`` fit steps, each beside
 the source's own held-out loss. Entries use the bench's variant syntax
-(``mango+init=net2net+rank=2``, ``ligo+fit_steps=50``); fixed methods also take
+(``mango+init=stackbert``, ``ligo+fit_steps=50``; the fit keeps its default held-out check,
+which keeps the best operator, the start included); fixed methods also take
 ``+depth=...`` / ``+width=...`` to move the new layers (stack: on top, interpolate:
 repeated in place, identity: inserted as identity layers)::
 
@@ -45,7 +46,7 @@ SEQ_LEN, BATCH, VOCAB = 64, 16, 2048
 PRETRAIN = TrainConfig(steps=3000, lr=3e-3, warmup=100, eval_every=250, seed=10_000)
 METHODS = (
     "stackbert,interpolate,net2net,bert2bert,bert2bert+depth=identity,"
-    "mango,mango+init=interpolate,mango+init=net2net,mango+init=net2net+rank=3,mango+init=bert2bert,"
+    "mango,mango+init=stackbert,mango+init=interpolate,mango+init=net2net+split=even,mango+init=bert2bert,"
     "ligo,ligo+init=net2net"
 )
 
@@ -103,8 +104,9 @@ def grow_entry(entry: str, source, target_config, data, fit_steps: int, fit_lr: 
     result = fit(operator, template, adapter, data,
                  FitConfig(steps=steps, lr=variant.fit.get("fit_lr", fit_lr), progress=False), seed=seed)
     grown = adapter.from_canonical(operator.materialize(), target_config, type(source))
-    row.update(fit=evaluate(grown, data.eval_batches, torch.device("cpu")), fit_steps=steps,
-               fit_s=time.perf_counter() - begin, first_fit_loss=result.losses[0], last_fit_loss=result.losses[-1])
+    row.update(fit=evaluate(grown, data.eval_batches, torch.device("cpu")), fit_steps=len(result.losses),
+               fit_s=time.perf_counter() - begin, first_fit_loss=result.losses[0], last_fit_loss=result.losses[-1],
+               held_out=result.held_out, best_step=result.best_step)
     return row
 
 
@@ -139,7 +141,8 @@ def main() -> None:
         row = grow_entry(entry, source, target_config, data, args.fit_steps, args.fit_lr, args.seed)
         row["source"] = base
         rows.append(row)
-        fitted = (f"{row['fit']:.4f} ({row['fit_steps']} steps) | {row['fit'] - base:+.4f} | {row['fit_s']:.0f}"
+        kept = f", kept step {row['best_step']}" if row.get("best_step") is not None else ""
+        fitted = (f"{row['fit']:.4f} ({row['fit_steps']} steps{kept}) | {row['fit'] - base:+.4f} | {row['fit_s']:.0f}"
                   if "fit" in row else "— | — | —")
         print(f"| {entry} | {row['start']:.4f} | {row['start'] - base:+.4f} | {fitted} |", flush=True)
     (out / f"rows-seed{args.seed}.json").write_text(json.dumps(rows, indent=1))

@@ -89,7 +89,7 @@ def grow(
             "with labels), or --data PATH on the command line"
         )
     operator = spec.build(source, tgt_dims, seed=seed, **options)
-    model = model_class(config)  # the function the fit calls; it holds the grown weights afterwards
+    model = model_class(adapter.grown_config(config, operator.target_facts()))  # the fit's function, then the grown model
     fit_config = fit_config or FitConfig(steps=100 if steps is None else steps)
     with contextlib.ExitStack() as stack:
         if checkpoint_dir is not None:

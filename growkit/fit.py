@@ -87,7 +87,7 @@ def target_output(operator: GrowthOperator, model: torch.nn.Module, adapter: Ada
     ``device``'s autocast (bf16 on CUDA, none on the CPU).
     """
     tensors = operator() if tensors is None else tensors
-    params = adapter.hf_state_dict(tensors, model, operator.source_meta.tied)
+    params = adapter.hf_state_dict(tensors, model, operator.source_meta.tied, operator.source_meta.extra)
     with autocast_context(device):
         return functional_call(model, params, args=(), kwargs=batch, strict=False)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-FAMILIES = ("gpt2", "bert", "vit", "llama")
+FAMILIES = ("gpt2", "bert", "vit", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2")
+#: the decoders added after Llama: Llama-like, each with its own quirk
+DECODERS = ("mistral", "qwen2", "qwen3", "phi3", "gemma2")
 
 
 def model_inputs(model, batch: int = 2, seq: int = 10, seed: int = 0) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import logits, model_inputs, perturb_norms
+from conftest import DECODERS, logits, model_inputs, perturb_norms
 
 import growkit
 from growkit.arch import adapter_for
@@ -28,6 +28,7 @@ def _source(family: str, **overrides):
         ("llama", {}),
         ("llama", {"tie_word_embeddings": True}),
         ("vit", {}),
+        *((family, {"tie_word_embeddings": tied}) for family in DECODERS for tied in (False, True)),
     ],
 )
 def test_exact_preserves_function_width_and_depth(family, overrides):
@@ -126,7 +127,7 @@ def test_bert2bert_takes_new_units_from_next_layer():
 
 
 @pytest.mark.parametrize("method", ["stackbert", "interpolate", "net2net", "bert2bert", "exact"])
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", *DECODERS])
 def test_saved_model_matches_in_memory(method, family, tmp_path):
     src = _source(family, tie_word_embeddings=True)
     big = growkit.grow(src, DOUBLE, method=method)

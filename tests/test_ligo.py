@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import logits, model_inputs, perturb_norms
+from conftest import FAMILIES, logits, model_inputs, perturb_norms
 from torch.func import functional_call
 
 import growkit
@@ -14,7 +14,6 @@ from growkit.data import Masker, digits
 from growkit.fit import FitConfig, fit, target_loss
 from growkit.ops import METHODS, get_method, grow_fixed
 
-FAMILIES = ("gpt2", "bert", "vit", "llama")
 FIXED_INITS = ("stackbert", "interpolate", "net2net", "bert2bert", "exact")
 DOUBLE = {"hidden_size": 64, "num_hidden_layers": 4}
 UNEVEN = {"hidden_size": 48, "num_hidden_layers": 5}
@@ -186,7 +185,8 @@ def test_only_the_operator_learns_and_the_source_is_untouched(family, pretrained
 
 @pytest.mark.parametrize(
     "family,overrides",
-    [("gpt2", {}), ("bert", {}), ("llama", {"tie_word_embeddings": True}), ("llama", {}), ("vit", {})],
+    [("gpt2", {}), ("bert", {}), ("llama", {"tie_word_embeddings": True}), ("llama", {}), ("vit", {}),
+     ("gemma2", {"tie_word_embeddings": True})],  # Gemma: the tied head reads the width-rescaled embedding
 )
 def test_saved_model_is_the_model_the_operator_was_fit_for(family, overrides, tmp_path):
     """The official code's bug: with tied embeddings the saved decoder overwrote the fitted embeddings."""
@@ -198,7 +198,7 @@ def test_saved_model_is_the_model_the_operator_was_fit_for(family, overrides, tm
     adapter = adapter_for(big)
     assert adapter.is_tied(big) == (family in ("gpt2", "bert") or bool(overrides))
     tensors = result.operator()
-    params = adapter.hf_state_dict(tensors, big, adapter.is_tied(big))
+    params = adapter.hf_state_dict(tensors, big, adapter.is_tied(big), result.operator.source_meta.extra)
     inputs = model_inputs(big)
     with torch.no_grad():
         fitted = functional_call(big, params, args=(), kwargs=inputs, strict=False).logits
@@ -207,7 +207,8 @@ def test_saved_model_is_the_model_the_operator_was_fit_for(family, overrides, tm
     loaded = type(big).from_pretrained(tmp_path).eval()
     torch.testing.assert_close(logits(loaded, inputs), fitted, rtol=0, atol=1e-6)
     if adapter.is_tied(big):
-        assert torch.equal(loaded.get_output_embeddings().weight, tensors["tok_emb"].detach())
+        key = next(n for n, p in big.named_parameters() if p is big.get_input_embeddings().weight)
+        assert torch.equal(loaded.get_output_embeddings().weight, params[key].detach())  # the fitted embedding
 
 
 # --- the fit ----------------------------------------------------------------------

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import logits, model_inputs, perturb_norms
+from conftest import DECODERS, logits, model_inputs, perturb_norms
 from torch.func import functional_call
 
 import growkit
@@ -285,7 +285,7 @@ def test_a_deep_gqa_start_by_a_non_integer_factor_equals_the_fixed_operator(init
 
 
 @pytest.mark.filterwarnings("ignore:bert is post-norm")
-@pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "vit"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "vit", *DECODERS])
 @pytest.mark.parametrize("init", list(MIN_RANK))
 def test_start_equals_the_fixed_operator(family, init):
     _, adapter, src, config = _grown(family)
@@ -436,7 +436,8 @@ def _pretrained(family: str, task: Task, steps: int = 150):
     return model.eval()
 
 
-@pytest.mark.parametrize("family,rank", [("gpt2", 1), ("bert", 1), ("vit", 1), ("llama", 2)])
+@pytest.mark.parametrize("family,rank", [("gpt2", 1), ("bert", 1), ("vit", 1), ("llama", 2),
+                                         *((family, 1) for family in DECODERS)])
 def test_fit_lowers_held_out_loss_and_trains_only_the_cores(family, rank, tmp_path):
     task = Task(family)
     source, held_out = _pretrained(family, task), task.held_out(16)
@@ -458,7 +459,7 @@ def test_fit_lowers_held_out_loss_and_trains_only_the_cores(family, rank, tmp_pa
     loaded = type(grown).from_pretrained(tmp_path).eval()
     adapter = adapter_for(grown)
     with torch.no_grad():
-        params = adapter.hf_state_dict(op(), grown, op.source_meta.tied)
+        params = adapter.hf_state_dict(op(), grown, op.source_meta.tied, op.source_meta.extra)
         inputs = model_inputs(grown)
         expected = functional_call(grown, params, args=(), kwargs=inputs, strict=False).logits
     assert (logits(loaded, inputs) - expected).abs().max() < 1e-6
@@ -475,7 +476,7 @@ def test_every_core_gets_gradients_at_a_rank_above_the_start():
     batch = Task("gpt2").held_out(1)[0]
     fit(op, template, adapter, [batch], FitConfig(steps=2, progress=False))  # step 1 wakes the zero S_B slices
     op.zero_grad()
-    params = adapter.hf_state_dict(op(), template, op.source_meta.tied)
+    params = adapter.hf_state_dict(op(), template, op.source_meta.tied, op.source_meta.extra)
     functional_call(template, params, args=(), kwargs=batch, strict=False).loss.backward()
     for name, core in op.named_parameters():
         assert (core.grad[1, :, :, 1] != 0).any(), name  # the extra ring slice learns

@@ -67,15 +67,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_cli_dry_run_grow_train_and_two_processes(tmp_path, capsys):
-    save_pretrained(tiny_model(TOY, vocab_size=VOCAB), tmp_path / "small")
+@pytest.mark.parametrize("family", [TOY, "phi3"])  # phi3: fused weights, cut and joined in every process
+def test_cli_dry_run_grow_train_and_two_processes(family, tmp_path, capsys):
+    source = tiny_model(family, vocab_size=VOCAB)
+    save_pretrained(source, tmp_path / "small")
     (tmp_path / "text.txt").write_text(embedded_text(30_000), encoding="utf-8")
     grow_args = ["grow", str(tmp_path / "small"), str(tmp_path / "grown"), "--method", "exact", "--hidden", "64",
                  "--layers", "3"]
     assert main([*grow_args, "--dry-run"]) == 0
     assert "target parameters" in capsys.readouterr().out and not (tmp_path / "grown").exists()
     assert main(grow_args) == 0
-    assert isinstance(load_pretrained(tmp_path / "grown"), ToyForCausalLM)
+    assert type(load_pretrained(tmp_path / "grown")) is type(source)
     train = ["train", str(tmp_path / "grown"), "--steps", "3", "--eval-every", "3", "--checkpoint-every", "0",
              "--data", str(tmp_path / "text.txt"), "--seq-len", "16", "--batch-size", "4", "--no-progress"]
     assert main([*train, "--out", str(tmp_path / "one"), "--dry-run"]) == 0

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import logits, model_inputs, perturb_norms
+from conftest import DECODERS, logits, model_inputs, perturb_norms
 from transformers.models.llama import modeling_llama
 
 import growkit
 from growkit.arch import adapter_for
-from growkit.arch.tiny import tiny_model
+from growkit.arch.tiny import tiny_config, tiny_model
 from growkit.cli import main
 from growkit.core.errors import GrowError
 from growkit.io import save_pretrained
@@ -29,8 +29,11 @@ GROWTHS = {
 KEPT = [0, 2, 3, 5]
 
 
-def _source(seed: int = 0, **overrides):
-    model = tiny_model("llama", seed=seed, **{**SOURCE, **overrides})
+def _source(seed: int = 0, family: str = "llama", **overrides):
+    fields = {**SOURCE, **overrides}
+    if adapter_for(tiny_config(family)).head_dim_from_hidden:
+        del fields["head_dim"]  # Phi-3: hidden / heads, 16 here too
+    model = tiny_model(family, seed=seed, **fields)
     perturb_norms(model)
     return model.eval()
 
@@ -82,9 +85,10 @@ def test_the_eps_rescaling_is_needed(fp64):
     assert (logits(big, inputs) - logits(src, inputs)).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("family", ["llama", *DECODERS])
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
-def test_non_integer_exact_keeps_fp32_logits_within_1e_4_also_after_save_and_load(tied, tmp_path):
-    src = _source(tie_word_embeddings=tied)
+def test_non_integer_exact_keeps_fp32_logits_within_1e_4_also_after_save_and_load(tied, family, tmp_path):
+    src = _source(family=family, tie_word_embeddings=tied)
     inputs = model_inputs(src)
     big = growkit.grow(src, X15, method="exact")
     assert (logits(big, inputs) - logits(src, inputs)).abs().max() <= 1e-4

@@ -11,8 +11,13 @@ from ..core.errors import GrowError
 from ..core.registry import register_once
 from .base import CAUSAL, IMAGE, MASKED, Adapter, Entry
 from .bert import BertAdapter
+from .gemma2 import Gemma2Adapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
+from .mistral import MistralAdapter
+from .phi3 import Phi3Adapter
+from .qwen2 import Qwen2Adapter
+from .qwen3 import Qwen3Adapter
 from .vit import ViTAdapter
 
 #: every supported family, by HF ``model_type``
@@ -24,7 +29,8 @@ def register_adapter(adapter: Adapter) -> Adapter:
     return register_once(ADAPTERS, adapter.model_type, adapter, "model type")
 
 
-for _adapter in (GPT2Adapter(), BertAdapter(), ViTAdapter(), LlamaAdapter()):
+for _adapter in (GPT2Adapter(), BertAdapter(), ViTAdapter(), LlamaAdapter(), MistralAdapter(), Qwen2Adapter(),
+                 Qwen3Adapter(), Phi3Adapter(), Gemma2Adapter()):
     register_adapter(_adapter)
 
 

@@ -83,7 +83,11 @@ class Adapter:
         ``positions_field`` ("max_position_embeddings"; None: no text length),
         ``count_fields`` (config fields checked to be positive integers).
     May override: ``dims``/``write_dims``/``check_config`` (config names),
-    ``extra_to_canonical``/``extra_from_canonical`` (special tensors),
+    ``extra_to_canonical``/``extra_from_canonical`` (special tensors: fused
+    projections), ``to_canonical``/``hf_state_dict`` (tensors stored in another
+    form than the one the operators need: Gemma's 1 + w gains and scaled
+    embedding), ``canonical_facts`` (what the view records in ``extra``),
+    ``grown_layer_types`` (per-layer attention types of a deeper target),
     ``positions`` (positions one example occupies), ``edge_flops_per_token``
     and ``edge_parameters`` (embeddings and head, for FLOP and size counts),
     ``logit_width`` and ``task_fields`` (a benchmark model's data-shaped fields).
@@ -184,7 +188,19 @@ class Adapter:
             config.num_key_value_heads = dims.kv_heads
         if not self.head_dim_from_hidden:
             config.head_dim = dims.head_dim  # explicit, or HF re-derives it from hidden/heads
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = self.grown_layer_types(config.layer_types, dims.layers)
         self.check_config(config)
+
+    def grown_layer_types(self, types: list[str], layers: int) -> list[str]:
+        """The attention type of each of ``layers`` layers in a target config: the source's pattern, stacked.
+
+        Layer l gets the type of source layer l mod L1, the layer a stacked copy
+        comes from (the learned operators' default start). A fixed method's grown
+        model then takes each layer's type from the layer it copies instead (see
+        :meth:`from_canonical`), so a copy keeps its attention span.
+        """
+        return [types[layer % len(types)] for layer in range(layers)]
 
     def rms_norm_eps(self, config: PretrainedConfig) -> float | None:
         """The norms' epsilon when every norm is an RMSNorm (HF names it ``rms_norm_eps``); None for LayerNorms."""
@@ -252,15 +268,31 @@ class Adapter:
             for name in (self.tied_norm, self.tied_norm + "_bias"):
                 if name in specs:
                     specs[name] = ("D.in",)
-        canon = Canonical(self.family, dims, tensors, specs, tied=tied, rms_norm=self.rms_norm_eps(config) is not None)
+        canon = Canonical(self.family, dims, tensors, specs, tied=tied, extra=self.canonical_facts(config))
         canon.validate()
         return canon
 
-    def hf_state_dict(self, tensors: dict[str, Tensor], model: PreTrainedModel, tied: bool) -> dict[str, Tensor]:
+    def canonical_facts(self, config: PretrainedConfig) -> dict:
+        """What the canonical view's ``extra`` records about the source beyond its tensors.
+
+        ``rms_norm``: every norm is an RMSNorm (zero-extension applies).
+        ``layer_types``: the attention type of each layer, where they differ
+        (:meth:`from_canonical` gives a copied layer its source's type).
+        """
+        facts: dict = {"rms_norm": True} if self.rms_norm_eps(config) is not None else {}
+        types = getattr(config, "layer_types", None)
+        if types is not None and len(set(types)) > 1:
+            facts["layer_types"] = tuple(types)
+        return facts
+
+    def hf_state_dict(self, tensors: dict[str, Tensor], model: PreTrainedModel, tied: bool,
+                      extra: dict | None = None) -> dict[str, Tensor]:
         """HF-keyed tensors for ``model`` from canonical ``tensors``, without copying.
 
         Differentiable: ``fit`` feeds its result to ``torch.func.functional_call``.
         Tied decoders get no entry of their own; HF ties them to the embedding.
+        ``extra`` is the canonical view's facts (see :meth:`canonical_facts`), for
+        an adapter whose tensors depend on the source's sizes (Gemma's embedding scale).
         """
         config = model.config
         prefix = self.prefix(model)
@@ -277,26 +309,41 @@ class Adapter:
         return sd
 
     def from_canonical(self, canon: Canonical, config: PretrainedConfig, model_class: type[PreTrainedModel]) -> PreTrainedModel:
-        """Build ``model_class(config)`` holding exactly ``canon``'s weights, in eval mode.
+        """Build ``model_class`` at ``config``'s sizes holding exactly ``canon``'s weights, in eval mode.
 
-        An operator that rescaled the RMSNorm gains (zero-extension) leaves
-        ``rms_norm_eps_scale``: the model gets a copy of ``config`` with
-        ``rms_norm_eps`` scaled to match, so the config travels with the weights.
+        The config is adjusted to what the operators recorded (see :meth:`grown_config`).
         """
         canon.validate()
         if self.dims(config) != canon.dims:
             raise ValueError(f"config sizes {self.dims(config)} do not match the weights' {canon.dims}")
-        if canon.rms_norm_eps_scale != 1.0:
-            config = copy.deepcopy(config)
-            config.rms_norm_eps = self.rms_norm_eps(config) * canon.rms_norm_eps_scale
-        return self.load_canonical(model_class(config), canon)
+        return self.load_canonical(model_class(self.grown_config(config, canon.extra)), canon)
+
+    def grown_config(self, config: PretrainedConfig, extra: dict) -> PretrainedConfig:
+        """``config`` as grown weights with the facts ``extra`` need it (a copy where it changes).
+
+        An operator that rescaled the RMSNorm gains (zero-extension) leaves
+        ``extra["rms_norm_eps_scale"]``: ``rms_norm_eps`` is scaled to match, so the
+        config travels with the weights. Likewise a depth operator leaves
+        ``extra["layer_source"]``: where the source's layers mix attention types,
+        each layer gets its source layer's type.
+        """
+        eps_scale = extra.get("rms_norm_eps_scale", 1.0)
+        types, source = extra.get("layer_types"), extra.get("layer_source")
+        if eps_scale == 1.0 and (types is None or source is None):
+            return config
+        config = copy.deepcopy(config)
+        if eps_scale != 1.0:
+            config.rms_norm_eps = self.rms_norm_eps(config) * eps_scale
+        if types is not None and source is not None:
+            config.layer_types = [types[s] for s in source]
+        return config
 
     def load_canonical(self, model: PreTrainedModel, canon: Canonical) -> PreTrainedModel:
         """Copy exactly ``canon``'s weights into ``model`` (built at its sizes) and put it in eval mode."""
         canon.validate()
         if self.dims(model.config) != canon.dims:
             raise ValueError(f"the model's sizes {self.dims(model.config)} do not match the weights' {canon.dims}")
-        sd = self.hf_state_dict(canon.tensors, model, canon.tied)
+        sd = self.hf_state_dict(canon.tensors, model, canon.tied, canon.extra)
         own = model.state_dict()
         unknown = sorted(set(sd) - set(own))
         if unknown:

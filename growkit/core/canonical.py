@@ -10,6 +10,7 @@ Axis names
     ``L``  layers (leading axis of every ``layer.*`` tensor)
     ``D``  hidden (residual stream)      ``F``  feed-forward inner width
     ``Q``  query heads x head_dim        ``K``  key/value heads x head_dim
+    ``H``  one head's units (head_dim: a per-head norm's gain; never grown)
     anything else (``V`` vocab, ``P`` positions, ``T`` token types,
     ``C`` patch pixels, ``N`` labels) is never grown.
 
@@ -21,7 +22,7 @@ marked ``.in`` because its scale is what has to be split there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -37,6 +38,8 @@ _PER_LAYER: dict[str, tuple[str, ...]] = {
     "mlp_out": ("F.in", "D.out"), "mlp_out_bias": ("D.out",),
     "norm1": ("D.out",), "norm1_bias": ("D.out",),
     "norm2": ("D.out",), "norm2_bias": ("D.out",),
+    "q_norm": ("H",), "k_norm": ("H",),
+    "post_attn_norm": ("D.out",), "post_mlp_norm": ("D.out",),
 }  # fmt: skip
 
 #: every role's axis spec: the same in every family, so adapters only say where a role lives
@@ -100,10 +103,10 @@ class Canonical:
     """A model's weights by role, with their axis specs and the sizes they imply.
 
     ``tensors`` and ``specs`` share keys. ``tied`` means the output projection is
-    the token embedding (there is then no ``lm_head`` tensor). ``rms_norm`` says
-    every norm is an RMSNorm (zero-extension needs it); an operator that rescales
-    the RMSNorm gains (zero-extension) records the factor the config's
-    ``rms_norm_eps`` must take in ``rms_norm_eps_scale``, and the adapter applies it.
+    the token embedding (there is then no ``lm_head`` tensor). ``extra`` holds
+    facts about the source beyond its tensors (see
+    :meth:`~growkit.arch.Adapter.canonical_facts`) and what operators record for
+    the grown config (see :meth:`~growkit.arch.Adapter.grown_config`).
     """
 
     family: str
@@ -111,8 +114,7 @@ class Canonical:
     tensors: dict[str, torch.Tensor]
     specs: dict[str, tuple[str, ...]]
     tied: bool = False
-    rms_norm: bool = False
-    rms_norm_eps_scale: float = 1.0
+    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if set(self.tensors) != set(self.specs):

@@ -85,4 +85,8 @@ def deepen(src: Canonical, n_layers: int, dmap: DepthMap) -> Canonical:
                 t = t * keep.view((-1,) + (1,) * (t.dim() - 1)).to(t.dtype)
         out[name] = t
     d = src.dims
-    return src.with_tensors(out, Dims(d.hidden, d.ffn, d.heads, d.kv_heads, d.head_dim, n_layers))
+    grown = src.with_tensors(out, Dims(d.hidden, d.ffn, d.heads, d.kv_heads, d.head_dim, n_layers))
+    # which source layer each layer copies: an adapter gives a copy its source's attention type
+    before = src.extra.get("layer_source", tuple(range(d.layers)))
+    grown.extra = {**src.extra, "layer_source": tuple(before[s] for s in dmap.source)}
+    return grown

@@ -71,6 +71,8 @@ class Start:
     depth: dict[str, Tensor]
     offsets: dict[str, Tensor] = field(default_factory=dict)
     next_layer: bool = False
+    #: the source layer each target layer copies at the start (None: stacked, layer l from l mod L1)
+    layer_source: tuple[int, ...] | None = None
 
 
 def width_group(name: str, axis: str, mha: bool) -> str:
@@ -154,7 +156,7 @@ def fixed_start(
     keep = torch.tensor([not s for s in dmap.silenced], dtype=torch.float32)[:, None]
     depth = {name: copies * keep if name in RESIDUAL_OUTPUTS else copies.clone() for name in source.layer_names()}
     offsets = {name: t for name, t in noises.items() if t.any()}
-    return Start(width, counts, depth, offsets, next_layer=widen.knowledge_from_next_layer)
+    return Start(width, counts, depth, offsets, next_layer=widen.knowledge_from_next_layer, layer_source=dmap.source)
 
 
 def _depth_key(name: str) -> str:
@@ -175,6 +177,7 @@ class LiGO(GrowthOperator):
         for name, buffer in self.offsets.items():
             self.register_buffer(buffer, start.offsets[name], persistent=False)
         self.next_layer = start.next_layer
+        self.layer_source = start.layer_source
         layers = source.dims.layers
         self.register_buffer("next_index", torch.clamp(torch.arange(layers) + 1, max=layers - 1), persistent=False)
 

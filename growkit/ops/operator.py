@@ -26,6 +26,10 @@ class GrowthOperator(nn.Module):
         with fp32_region():
             return super().__call__(*args, **kwargs)
 
+    #: the source layer each target layer copies at the start (None: stacked); where the source's
+    #: layers mix attention types, the adapter gives each target layer its source layer's type
+    layer_source: tuple[int, ...] | None = None
+
     def __init__(self, source: Canonical, target_dims: Dims):
         super().__init__()
         self.source_meta = source.with_tensors({k: v.detach() for k, v in source.tensors.items()})
@@ -40,10 +44,17 @@ class GrowthOperator(nn.Module):
     def forward(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def target_facts(self) -> dict:
+        """The ``extra`` of the target's canonical view: the source's facts and the start's layer sources."""
+        if self.layer_source is None:
+            return dict(self.source_meta.extra)
+        return {**self.source_meta.extra, "layer_source": self.layer_source}
+
     @torch.no_grad()
     def materialize(self) -> Canonical:
         """The target's canonical weights as plain tensors (no graph attached)."""
         tensors = {k: v.detach().clone().contiguous() for k, v in self().items()}
         canon = self.source_meta.with_tensors(tensors, self.target_dims)
+        canon.extra = self.target_facts()
         canon.validate()
         return canon

@@ -19,7 +19,7 @@ from exactly the source's function:
   ``g' = sqrt(c) * g`` gives back ``g * x / rms`` exactly; new dimensions stay
   ``g'_new * 0 = 0``. Hence every norm gain (old entries) is multiplied by
   ``sqrt(c)`` and the config's ``rms_norm_eps`` by ``c``: the scale travels in
-  the canonical view's ``rms_norm_eps_scale`` and the adapter writes it
+  the canonical view's ``extra["rms_norm_eps_scale"]`` and the adapter writes it
   into the grown model's config, so ``save_pretrained`` keeps it. The new
   dimensions' gains do not change the function; they copy the scaled gains
   (unit d copies d mod D1) so that gradients reach the new dimensions.
@@ -48,13 +48,15 @@ zero-started output weights (see BENCHMARKS.md, "Zero-extension").
 LayerNorm subtracts the mean over all D2 dimensions: the zeros move the mean and
 the variance of the old dimensions by amounts that depend on the input, so no
 rescaling of the gain, the bias or eps restores them. LayerNorm models are
-refused. (Gemma's norms scale by 1 + w, not w: an adapter that stores such a
-gain must hand the canonical view ``1 + w`` for this rescaling to hold.)
+refused. Norms on a branch's output (Gemma's post-norms) see ``[y; 0]`` as well
+and are rescaled the same way. (Gemma's norms scale by 1 + w, not w: its
+adapter hands the canonical view the effective gain ``1 + w``, so this
+rescaling holds.)
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -63,7 +65,8 @@ from ..core.errors import GrowError
 
 Tensor = torch.Tensor
 #: the norm gains: scaled by sqrt(D1/D2) (the roles are the same in every family)
-NORM_GAINS = ("layer.norm1", "layer.norm2", "final_norm", "emb_norm", "head_norm")
+NORM_GAINS = ("layer.norm1", "layer.norm2", "layer.post_attn_norm", "layer.post_mlp_norm", "final_norm", "emb_norm",
+              "head_norm")
 NEW_WEIGHTS = ("random", "copy")
 
 
@@ -78,7 +81,7 @@ def zero_extend(
     """
     if new_weights not in NEW_WEIGHTS:
         raise GrowError(f"new_weights must be one of {', '.join(NEW_WEIGHTS)}, got {new_weights!r}")
-    if not src.rms_norm:
+    if not src.extra.get("rms_norm"):
         raise GrowError(layer_norm_refusal(src.family))
     dims = Dims(tgt_dims.hidden, tgt_dims.ffn, tgt_dims.heads, tgt_dims.kv_heads, tgt_dims.head_dim, src.dims.layers)
     axes = _axes(src.dims, dims)
@@ -99,7 +102,9 @@ def zero_extend(
             zero = _mask(spec, axes, _writes_to_residual)
             grown = torch.where(zero, torch.zeros_like(grown), torch.where(new, free, grown))
         out[name] = grown
-    return replace(src.with_tensors(out, dims), rms_norm_eps_scale=src.rms_norm_eps_scale * c)
+    grown = src.with_tensors(out, dims)
+    grown.extra = {**src.extra, "rms_norm_eps_scale": src.extra.get("rms_norm_eps_scale", 1.0) * c}
+    return grown
 
 
 def layer_norm_refusal(family: str) -> str:

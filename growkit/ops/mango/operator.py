@@ -84,6 +84,7 @@ class MangoOperator(GrowthOperator):
         method = fixed_methods()[init]
         noise = method.width_operator.noise if noise is None else float(noise)
         self.init, self.max_elements = init, max_elements
+        self.layer_source = method.depth_operator.layer_map(source.dims.layers, target_dims.layers).source
         self.workspace = Workspace()
         self.placements = _placements(source)
         self.src, self.tgt = Packing(self.placements, source.dims), Packing(self.placements, target_dims)
