@@ -35,7 +35,7 @@ from transformers import LlamaForCausalLM
 import growkit
 from growkit.arch import adapter_for
 from growkit.io import load_pretrained
-from growkit.ops.depth import deepen
+from growkit.ops.depth import DEPTH_OPERATORS
 from growkit.ops.zero_width import zero_extend
 from growkit.train import TrainConfig, evaluate, train
 
@@ -69,7 +69,7 @@ def grown(entry: str, source: LlamaForCausalLM, data, seed: int) -> LlamaForCaus
     target = adapter.target_config(source.config, sizes)
     dims = adapter.dims(target)
     canon = zero_extend(adapter.to_canonical(source), dims, new_weights="copy", seed=seed)
-    return adapter.from_canonical(deepen(canon, dims.layers, "identity"), target, type(source))
+    return adapter.from_canonical(DEPTH_OPERATORS["identity"](canon, dims.layers), target, type(source))
 
 
 def new_shares(model: LlamaForCausalLM) -> dict[str, float]:

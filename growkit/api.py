@@ -1,16 +1,21 @@
 """The one-call public API: ``grow(model, target, method=...)``."""
 from __future__ import annotations
 
+import contextlib
+import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from transformers import PretrainedConfig, PreTrainedModel
 
+from . import distributed
 from .arch import adapter_for
-from .core.catalog import refuse_unused
 from .core.errors import GrowError
-from .fit import FitConfig, FitResult, fit
+from .data import data_digest
+from .fit import FitConfig, FitResult, fit, fit_settings, latest_fit_checkpoint
 from .ops import choose_width, get_method, grow_fixed, methods
+from .resumable.folder import claim, digest_tensors
 
 __all__ = ["grow", "methods", "resolve_target"]
 
@@ -57,15 +62,17 @@ def grow(
     An argument the method would ignore (``data=`` for a fixed method, ``rank=``
     for ligo) is refused.
     With ``checkpoint_dir`` and ``checkpoint_every`` the fit checkpoints there and
-    resumes from the newest checkpoint it finds (see :func:`growkit.fit.fit`).
+    resumes from the newest checkpoint it finds (see :func:`growkit.fit.fit`); the
+    folder is locked while the fit runs and records what the run is (source,
+    data, method, sizes, options, settings), so another run's checkpoints are refused.
     The source model is never modified.
     """
     adapter = adapter_for(model)
     spec = get_method(method)
     given = {"width": width, "depth": depth, "data": data, "steps": steps, "fit_config": fit_config,
              "checkpoint_dir": checkpoint_dir, "checkpoint_every": checkpoint_every or None, **options}
-    accepted = [*spec.options, *(FIT_ARGUMENTS if spec.learned else ("width", "depth"))]
-    refuse_unused(spec.name, [name for name, value in given.items() if value is not None], accepted)
+    spec.check_options({name: value for name, value in given.items() if value is not None},
+                       FIT_ARGUMENTS if spec.learned else ("width", "depth"))
     config = resolve_target(model, target)
     tgt_dims = adapter.dims(config)
     if not spec.learned:
@@ -82,9 +89,29 @@ def grow(
             "with labels), or --data PATH on the command line"
         )
     operator = spec.build(source, tgt_dims, seed=seed, **options)
-    template = adapter.from_canonical(operator.materialize(), config, model_class)
+    model = model_class(adapter.grown_config(config, operator.target_facts()))  # the fit's function, then the grown model
     fit_config = fit_config or FitConfig(steps=100 if steps is None else steps)
-    result = fit(operator, template, adapter, data, fit_config, seed=seed,
-                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
-    grown = adapter.from_canonical(operator.materialize(), config, model_class)
+    with contextlib.ExitStack() as stack:
+        if checkpoint_dir is not None:
+            run = {"command": "grow", "source": digest_tensors(source.tensors), "data": data_digest(data),
+                   "method": spec.name, "target": asdict(tgt_dims), "options": options,
+                   "fit": fit_settings(fit_config, seed)}
+            _claim_checkpoints(stack, Path(checkpoint_dir), run)
+        result = fit(operator, model, adapter, data, fit_config, seed=seed,
+                     checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
+    grown = adapter.load_canonical(model, operator.materialize())
     return (grown, result) if return_fit else grown
+
+
+def _claim_checkpoints(stack: contextlib.ExitStack, folder: Path, run: dict) -> None:
+    """Every process agrees on ``run``; rank 0 claims ``folder`` (lock and identity) for the stack's life."""
+    distributed.check_same(run, "the source, data or settings")
+    distributed.barrier()
+
+    def claim_folder() -> None:
+        resuming = claim(stack, folder, run, "fit")
+        found = latest_fit_checkpoint(folder)
+        if resuming and found:
+            print(f"resuming the fit from step {found[0]} (checkpoint in {folder})", file=sys.stderr)
+
+    distributed.on_main(claim_folder)

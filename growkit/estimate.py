@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import PretrainedConfig
@@ -20,6 +20,7 @@ from transformers import PretrainedConfig
 from .arch import adapter_for
 from .core.errors import GrowError
 from .flops import count_flops, train_flops_per_token
+from .io import model_class
 
 FLOAT = 4  #: bytes per fp32 number
 #: above this many parameters a model is not even built on the meta device (its storage size overflows)
@@ -50,16 +51,20 @@ def analytic_parameters(config: PretrainedConfig) -> int:
     return int(total)
 
 
-def _meta_count(config: PretrainedConfig) -> int:
-    from .io import model_class
-
+def _meta_model(config: PretrainedConfig) -> torch.nn.Module:
+    """The model ``config`` describes, on the meta device: shapes without storage."""
     with torch.device("meta"):
-        model = model_class(config)(config)
-    return sum(p.numel() for p in model.parameters())
+        return model_class(config)(config)
+
+
+def _meta_count(config: PretrainedConfig) -> int:
+    return sum(p.numel() for p in _meta_model(config).parameters())
 
 
 def parameter_count(config: PretrainedConfig) -> int:
     """Exact parameters of the model ``config`` describes, counted on the meta device (no memory).
+
+    The one parameter counter (a built model: ``sum(p.numel() for p in model.parameters())``).
 
     Every layer has the same parameters, so only one- and two-layer models are
     built and the count is extrapolated: any layer count costs the same. Sizes
@@ -159,11 +164,7 @@ def train_estimate(config: PretrainedConfig, batch_size: int, seq_len: int, step
 
 
 def _meta_source(config: PretrainedConfig):
-    from .io import model_class
-
-    with torch.device("meta"):
-        model = model_class(config)(config)
-    return adapter_for(config).to_canonical(model)
+    return adapter_for(config).to_canonical(_meta_model(config))
 
 
 def operator_on_meta(method: Any, source_config: PretrainedConfig, target_config: PretrainedConfig,
@@ -187,20 +188,14 @@ def operator_on_meta(method: Any, source_config: PretrainedConfig, target_config
     return None
 
 
-def _operator_module_count(name: str, method: Any, source_config: PretrainedConfig, target_config: PretrainedConfig,
-                           options: dict) -> float | None:
-    """The operator module's own ``name(source, target_dims, **options)`` (``parameter_count``,
-    ``materialize_flops``), where it has one: for operators that cannot be built on the meta device."""
-    import inspect
-    import sys
-
-    fn = getattr(sys.modules.get(getattr(method.build, "__module__", ""), None), name, None)
-    if fn is None:
+def _operator_cost(hook: Callable[..., float] | None, source_config: PretrainedConfig,
+                   target_config: PretrainedConfig, options: dict) -> float | None:
+    """A method's cost hook (``parameter_count``, ``materialize_flops``), where it has one: for operators
+    that cannot be built on the meta device."""
+    if hook is None:
         return None
-    accepted = inspect.signature(fn).parameters
-    kwargs = {k: v for k, v in options.items() if k in accepted}
     try:
-        return fn(_meta_source(source_config), adapter_for(target_config).dims(target_config), **kwargs)
+        return hook(_meta_source(source_config), adapter_for(target_config).dims(target_config), **options)
     except GrowError:
         raise
     except Exception:  # noqa: BLE001
@@ -227,12 +222,12 @@ def fit_estimate(method: Any, source_config: PretrainedConfig, target_config: Pr
         operator = operator_on_meta(method, source_config, target_config, seed, options)
     p_op = 0
     if operator is None:
-        counted = _operator_module_count("parameter_count", method, source_config, target_config, options)
+        counted = _operator_cost(method.parameter_count, source_config, target_config, options)
         if counted is None:
             est.notes.append("the operator cannot be built on the meta device: its parameters and FLOPs are not counted")
         else:
             p_op = est.operator_params = int(counted)
-            flops = _operator_module_count("materialize_flops", method, source_config, target_config, options)
+            flops = _operator_cost(method.materialize_flops, source_config, target_config, options)
             if flops is None:
                 est.notes.append("the operator's materialisation FLOPs are not counted (it cannot be built on the meta device)")
             else:  # materialising once forward, and its backward (about twice that)

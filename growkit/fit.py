@@ -29,11 +29,14 @@ from torch.func import functional_call
 
 from . import distributed
 from .arch import Adapter, predicts_next_token
-from .checkpoint import all_finite, digest_tensors, load_state, numbered, prune, rng_state, save_state, set_rng_state
 from .core.errors import GrowError
 from .device import DEVICES, autocast_context, resolve_device, use_attention
 from .ops.operator import GrowthOperator
 from .progress import progress_bar
+from .resumable.checkpoints import all_finite, numbered, prune, save_checkpoint
+from .resumable.folder import digest_tensors
+from .resumable.rng import restore_rng
+from .resumable.state import load_state, save_state
 from .settings import FitConfig
 
 
@@ -50,7 +53,7 @@ class FitResult:
     operator: GrowthOperator
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
-    diverged_at: int | None = None
+    diverged_at: int | None = None  #: the step (counted from 1) whose loss was not finite
     held_out: list[tuple[int, float]] = field(default_factory=list)  #: (step, held-out loss) of every check
     best_step: int | None = None  #: the step whose operator was kept (None without a held-out check)
     stopped_at: int | None = None  #: the step where the held-out check ended the fit early
@@ -106,7 +109,8 @@ def _on(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _settings(config: FitConfig, seed: int) -> dict:
+def fit_settings(config: FitConfig, seed: int) -> dict:
+    """What decides a fit's result (its checkpoints are resumed only under the same)."""
     return {**{k: v for k, v in asdict(config).items() if k != "progress"}, "seed": seed}
 
 
@@ -167,7 +171,7 @@ def fit(
     warmup = max(config.warmup, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     result = FitResult(operator)
-    settings = _settings(config, seed)
+    settings = fit_settings(config, seed)
     last_good = _copy_state(operator)
     best_loss, best_state, bad = math.inf, last_good, 0
     done, state = 0, None
@@ -192,19 +196,18 @@ def fit(
         best_state = {k: v.clone() for k, v in state["best"].items()}
 
     def save(step: int) -> None:
-        rngs = distributed.gather_objects(rng_state())  # every process's dropout stream
-        if main:
-            extra = {"rng_ranks": rngs} if world > 1 else {}
+        def write(rng: dict) -> None:
             save_state(
                 Path(checkpoint_dir) / f"{CHECKPOINT_PREFIX}{step}{CHECKPOINT_SUFFIX}",
                 {"step": step, "operator": operator.state_dict(), "last_good": last_good,
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs[0],
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "losses": result.losses, "seconds": result.seconds + time.perf_counter() - start,
                  "held_out": result.held_out, "best": best_state, "best_loss": best_loss, "bad": bad,
-                 "best_step": result.best_step, "settings": settings, **extra},
+                 "best_step": result.best_step, "settings": settings, **rng},
             )
             prune(Path(checkpoint_dir), CHECKPOINT_PREFIX, CHECKPOINT_SUFFIX, keep=1)
-        distributed.barrier()  # a checkpoint on disk is one every process has passed
+
+        save_checkpoint(write)
 
     def batch_loss(full: dict, step: int, tensors: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, float]:
         """The global batch's loss (differentiable on this process's share) and its value."""
@@ -244,8 +247,7 @@ def fit(
     with torch.random.fork_rng(devices=cuda), contextlib.closing(bar):  # an interrupt's message is not redrawn over
         torch.manual_seed(seed + rank)  # dropout: one stream per process (the data order is the global one)
         if state is not None:
-            saved = state.get("rng_ranks") or [state["rng"]]
-            set_rng_state(saved[rank] if rank < len(saved) else saved[0])
+            restore_rng(state, rank)
         stream = batch_stream(data, seed, start=len(holdout) + done)
         if holdout and config.steps and not result.held_out:
             check(0)
@@ -253,11 +255,11 @@ def fit(
             loss, value = batch_loss(next(stream), step)
             if not math.isfinite(value):
                 operator.load_state_dict(last_good)
-                result.diverged_at = step
-                kept = f"the operator of step {step - 1}"
+                result.diverged_at = step + 1  # steps count from 1, as in training: step k ends with k updates
+                kept = f"the operator after step {step - 1}" if step > 1 else "the start"
                 if holdout:
                     kept = f"the best held-out operator (step {result.best_step or 0})"
-                warnings.warn(f"fit stopped at step {step}: the loss is {value}; kept {kept}", FitWarning, stacklevel=2)
+                warnings.warn(f"fit stopped at step {step + 1}: the loss is {value}; kept {kept}", FitWarning, stacklevel=2)
                 break
             last_good = _copy_state(operator)
             optimizer.zero_grad(set_to_none=True)

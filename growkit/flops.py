@@ -19,7 +19,6 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from .arch import adapter_for
 from .core.errors import GrowError
-from .io import model_class
 
 
 # PyTorch's counter misses the fused CPU attention kernel that SDPA picks when there
@@ -93,10 +92,3 @@ def measure_flops(model: PreTrainedModel, batch: dict[str, torch.Tensor], backwa
 
     return count_flops(step)
 
-
-def params_count(obj: PreTrainedModel | PretrainedConfig) -> int:
-    """Parameters of a model, or of the model a config describes (built on the meta device, no memory)."""
-    if isinstance(obj, PretrainedConfig):
-        with torch.device("meta"):
-            obj = model_class(obj)(obj)
-    return sum(p.numel() for p in obj.parameters())

@@ -18,7 +18,9 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from .arch import ADAPTERS, adapter_for, supported
-from .checkpoint import fsync_tree, load_state, publish_modes, state_bytes, temp_sibling
+from .resumable.atomic import fsync_tree, publish_modes, temp_sibling
+from .resumable.folder import check_unused
+from .resumable.state import load_state, state_bytes
 from .core.errors import GrowError
 
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
@@ -164,10 +166,7 @@ def save_pretrained(
     the old model or the complete new one.
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise GrowError(f"{folder} exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        raise GrowError(f"{folder} exists and is not empty; choose another folder or pass overwrite")
+    check_unused(folder, allowed=overwrite, label="folder", remedy="choose another folder or pass overwrite")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = temp_sibling(folder), temp_sibling(folder, "old")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -34,13 +34,16 @@ from transformers import PreTrainedModel
 
 from . import distributed
 from .arch import predicts_next_token
-from .checkpoint import all_finite, atomic_write_text, digest_tensors, numbered, prune, rng_state, set_rng_state
 from .core.errors import GrowError
 from .data import TaskData, TokenTaskData
 from .device import resolve_device, training_precision, use_attention
 from .flops import batch_tokens, flops_per_batch
 from .io import STATE_FILE, load_pretrained, load_training_state, save_pretrained
 from .progress import progress_bar
+from .resumable.atomic import atomic_write_text
+from .resumable.checkpoints import all_finite, numbered, prune, save_checkpoint
+from .resumable.folder import check_unused, digest_tensors
+from .resumable.rng import restore_rng
 from .settings import TrainConfig
 
 
@@ -129,11 +132,7 @@ def _prepare_out(out_dir: Path | None, resume: bool, cfg: TrainConfig) -> Path |
             raise GrowError(f"reporting to {', '.join(cfg.report_to)} needs an out_dir to write to")
         return None
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GrowError(f"output folder {out_dir} exists and is not a folder; choose a new one")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not resume:
-            raise GrowError(f"output folder {out_dir} exists and is not empty; choose a new one")
+    if check_unused(out_dir, allowed=resume):
         resume_point(out_dir, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
@@ -300,26 +299,24 @@ def train(
             accelerator.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
 
     def checkpoint(folder: Path, step: int, resumable: bool = True) -> None:
-        rngs = distributed.gather_objects(rng_state())  # every process's dropout stream, for an exact resume
         weights = accelerator.get_state_dict(model) if fsdp else None  # FSDP: gathered from the shards (collective)
-        if main:
+
+        def write(rng: dict) -> None:
             state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": rngs[0], "flops": result.flops, "seconds": result.seconds, "config": asdict(cfg)}
-            if world > 1:
-                state["rng_ranks"] = rngs
+                     "flops": result.flops, "seconds": result.seconds, "config": asdict(cfg), **rng}
             if fsdp or not resumable:  # FSDP: the optimiser state is sharded; final: the model alone
                 state = None
             save_pretrained(accelerator.unwrap_model(model), folder, data.tokenizer, overwrite=True, state=state,
                             state_dict=weights)
-        distributed.barrier()  # a checkpoint on disk is one every process has passed
+
+        save_checkpoint(write)
 
     if cfg.eval_every and state is None:
         record({"step": 0, "eval_loss": evaluate(model, data.eval_batches, device, causal),
                 "flops": result.flops, "seconds": result.seconds})
     model.train()
     if state is not None:
-        saved = state.get("rng_ranks") or [state["rng"]]
-        set_rng_state(saved[rank] if rank < len(saved) else saved[0])
+        restore_rng(state, rank)
     stream = data.train_batches(cfg.seed, start=done * cfg.grad_accum)
     first = next(stream)  # every train batch has this shape, so one count serves all steps
     # counted for the global batch: the FLOPs and tokens of all processes and accumulated batches together

@@ -308,12 +308,10 @@ def test_other_settings_in_the_same_folder_are_refused(smoke):
         run_bench(spec, out, log=lambda _: None)
 
 
-def test_an_unregistered_learned_method_is_skipped_with_a_note(monkeypatch):
+def test_methods_run_scratch_first_and_an_unknown_one_is_refused():
     from growkit.bench import runner
 
-    monkeypatch.setattr(runner, "registered_methods", lambda: {"exact": "", "ligo": ""})
-    methods, skipped = runner.resolve_methods(["exact", "mango", "ligo"])
-    assert methods == ["scratch", "exact", "ligo"] and "mango" in skipped
+    assert runner.resolve_methods(["exact", "mango", "scratch", "ligo"]) == ["scratch", "exact", "mango", "ligo"]
     with pytest.raises(GrowError, match="unknown method"):
         runner.resolve_methods(["scratch", "nonsense"])
 
@@ -348,9 +346,11 @@ def test_warnings_flag_a_target_too_close_to_the_small_model(smoke):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
 def test_tiny_long_fits_cost_at_most_five_percent_of_its_budget(family, tmp_path):
-    from growkit.bench.runner import Runner, _source_config, load_data
+    from growkit.arch import adapter_for
+    from growkit.bench.runner import _fit_flops, _source_config, load_data
     from growkit.flops import flops_per_batch
     from growkit.io import model_class
+    from growkit.ops import get_method
 
     preset = get_preset(family, "tiny-long")
     tiny = get_preset(family, "tiny")
@@ -364,7 +364,9 @@ def test_tiny_long_fits_cost_at_most_five_percent_of_its_budget(family, tmp_path
     step = flops_per_batch(target, next(data.train_batches(0)))
     checks = len(FitConfig(steps=preset.fit_steps).check_steps()) + 1  # a fit that never stops early
     for method in ("ligo", "mango"):
-        per_step, materialise, forward = Runner(spec, tmp_path)._fit_flops(source, target, method, data, 0, {})
+        adapter = adapter_for(source)
+        operator = get_method(method).build(adapter.to_canonical(source), adapter.dims(target))
+        per_step, materialise, forward = _fit_flops(operator, model_class(target)(target), data, 0)
         per_check = materialise + FitConfig.eval_batches * forward
         budget = preset.budget.steps * step
         share = (preset.fit_steps * per_step + materialise) / budget

@@ -163,14 +163,15 @@ def test_help_and_methods_do_not_import_torch():
 
 
 def test_methods_lists_every_registered_method_from_the_catalog(capsys):
-    from growkit.core.catalog import CATALOG, DEPTH_OPS
+    from growkit.core.catalog import CATALOG, DEPTH_OPS, WIDTH_OPS
     from growkit.ops import METHODS, methods
-    from growkit.ops.depth import DEPTH_MAPS
+    from growkit.ops.depth import DEPTH_OPERATORS
+    from growkit.ops.registry import WIDTH_OPERATORS
 
     assert main(["methods"]) == 0
     assert methods() == {name: info.summary for name, info in CATALOG.items()}
     assert all(METHODS[name].learned == info.learned for name, info in CATALOG.items())
-    assert tuple(DEPTH_MAPS) == DEPTH_OPS
+    assert tuple(DEPTH_OPERATORS) == DEPTH_OPS and tuple(WIDTH_OPERATORS) == WIDTH_OPS
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[:len(CATALOG)]]
     assert listed == list(CATALOG)
 

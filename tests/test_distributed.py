@@ -18,7 +18,7 @@ from growkit import device as gk_device
 from growkit import distributed
 from growkit.arch import adapter_for
 from growkit.arch.tiny import tiny_model
-from growkit.checkpoint import load_state
+from growkit.resumable.state import load_state
 from growkit.cli import main
 from growkit.core.errors import GrowError
 from growkit.data import embedded_text, tokenize_corpus, train_bpe

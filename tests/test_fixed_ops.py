@@ -224,3 +224,15 @@ def test_arguments_a_fixed_method_would_ignore_are_refused(kwargs, message):
     method = "stackbert" if "rank" in kwargs else "exact"
     with pytest.raises(GrowError, match=message):
         growkit.grow(_source("gpt2"), DOUBLE, method=method, **kwargs)
+
+
+@pytest.mark.parametrize("method,options,message", [
+    ("exact", {"noise": "lots"}, r"noise= of exact must be a number, got 'lots'"),
+    ("mango", {"rank": "2"}, r"rank= of mango must be an integer, got '2'"),
+    ("mango", {"rank": True}, r"rank= of mango must be an integer"),
+    ("ligo", {"init": 3}, r"init= of ligo must be a method name"),
+])
+def test_option_values_of_the_wrong_type_are_refused_before_any_work(method, options, message):
+    with pytest.raises(GrowError, match=message):
+        growkit.grow(tiny_model("gpt2"), {"hidden_size": 64}, method, data=[{}] if method in ("ligo", "mango") else None,
+             **options)

@@ -7,12 +7,12 @@ from transformers import BertForMaskedLM, GPT2LMHeadModel, LlamaForCausalLM, ViT
 
 from growkit.arch.tiny import tiny_config
 from growkit.core.errors import GrowError
+from growkit.estimate import parameter_count
 from growkit.flops import (
     batch_tokens,
     flops_per_batch,
     forward_flops_per_token,
     measure_flops,
-    params_count,
     train_flops_per_token,
 )
 
@@ -71,6 +71,6 @@ def test_text_needs_seq_len():
 
 
 @pytest.mark.parametrize("family", list(CASES))
-def test_params_count(family):
+def test_parameter_count(family):
     model, config, _ = _case(family)
-    assert params_count(config) == params_count(model) == sum(p.numel() for p in model.parameters())
+    assert parameter_count(config) == sum(p.numel() for p in model.parameters())

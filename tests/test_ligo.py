@@ -238,10 +238,10 @@ def test_nan_loss_stops_the_fit_and_keeps_the_last_finite_operator():
         template = adapter.from_canonical(operator.materialize(), config, type(src))
         return fit(operator, template, adapter, data, quiet(steps, first_check=0))
 
-    with pytest.warns(UserWarning, match="fit stopped at step 3: the loss is nan; kept the operator of step 2"):
+    with pytest.warns(UserWarning, match="fit stopped at step 4: the loss is nan; kept the operator after step 2"):
         stopped = run(poisoned, 5)
     clean = run(batches, 2)  # the operator of step 2 is the one after two updates
-    assert stopped.diverged_at == 3 and len(stopped.losses) == 3
+    assert stopped.diverged_at == 4 and len(stopped.losses) == 3  # the 4th batch is poisoned
     assert stopped.losses[:2] == clean.losses
     a, b = stopped.operator.state_dict(), clean.operator.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in b)

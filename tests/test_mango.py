@@ -16,10 +16,14 @@ from growkit.core.errors import GrowError
 from growkit.fit import FitConfig, fit
 from growkit.ops import METHODS, grow_fixed
 from growkit.ops.depth import deepen
-from growkit.ops.mango import MangoOperator, Packing, _placements, build_start, parameter_count
-from growkit.ops import mango_contract
-from growkit.ops.mango_chunks import Chunk, Workspace, chunked_ring_map
-from growkit.ops.mango_contract import chain_plan, ring_map, ring_map_split, ring_plan, run_plan
+from growkit.ops.mango import MangoOperator, parameter_count
+from growkit.ops.mango.packing import Packing, _placements
+from growkit.ops.mango.start import build_start
+from growkit.ops.ring import execute as ring_execute
+from growkit.ops.ring import plan as ring_planning
+from growkit.ops.ring.chunks import Chunk, Workspace, chunked_ring_map
+from growkit.ops.ring.execute import ring_map, ring_map_split, run_plan
+from growkit.ops.ring.plan import chain_plan, ring_plan
 from growkit.ops.width import _new_output_units, _next_layer, widen_tensor
 
 GROW = {"hidden_size": 64, "num_hidden_layers": 4}
@@ -87,7 +91,7 @@ def test_every_chain_plan_equals_opt_einsum(rank, lead, sizes, order):
     cores = _cores(rank, sizes, seed=rank)
     x = torch.randn(*lead, *(n1 for n1, _ in sizes), dtype=torch.float64)
     shapes = tuple(tuple(t.shape) for t in (x, *cores))
-    expected = mango_contract._expression(shapes)(x, *cores, backend="torch")
+    expected = ring_planning._expression(shapes)(x, *cores, backend="torch")
     got = run_plan(chain_plan(shapes, order), x, cores)
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < 1e-10 * max(1.0, expected.abs().max().item())
@@ -113,7 +117,7 @@ def _chunks(shapes, order, core: int, size: int) -> list[Chunk]:
     """``chain_plan(order)`` for every chunk of ``size`` along core ``core``'s target axis."""
     n = shapes[core + 1][2]
     sizes = [(start, min(size, n - start)) for start in range(0, n, size)]
-    return [Chunk(chain_plan(mango_contract._narrowed(shapes, core, part), order), core, start, part) for start, part in sizes]
+    return [Chunk(chain_plan(ring_execute._narrowed(shapes, core, part), order), core, start, part) for start, part in sizes]
 
 
 @pytest.mark.parametrize("rank", [1, 3])
@@ -125,7 +129,7 @@ def test_a_chunked_map_in_a_workspace_equals_opt_einsum(rank, lead, order, core)
     cores = [c.requires_grad_() for c in _cores(rank, sizes, seed=7)]
     x = torch.randn(*lead, *(n1 for n1, _ in sizes), dtype=torch.float64)
     shapes = tuple(tuple(t.shape) for t in (x, *cores))
-    expected = mango_contract._expression(shapes)(x, *cores, backend="torch")
+    expected = ring_planning._expression(shapes)(x, *cores, backend="torch")
     workspace = Workspace()
     got = chunked_ring_map(x, cores, _chunks(shapes, order, core, 3), len(lead) + core, workspace)
     assert (got - expected).abs().max() < 1e-12 * expected.abs().max()
@@ -164,7 +168,7 @@ CHEAP_BL = [(4, 4), (24, 40), (24, 40), (3, 3)]
     (1, CHEAP_BL, 2**30), (2, CHEAP_BL, 2**30), (3, SIZES, 2**30), (2, SIZES, 8),  # the last one chunked
 ])
 def test_a_split_map_equals_the_whole_map_split(rank, sizes, max_elements, monkeypatch):
-    monkeypatch.setattr(mango_contract, "SMALL", 0)  # split (and recompute) even at these sizes
+    monkeypatch.setattr(ring_execute, "SMALL", 0)  # split (and recompute) even at these sizes
     x = torch.randn(*(n1 for n1, _ in sizes), dtype=torch.float64)
     cores = _cores(rank, sizes, seed=5)
     split = [1, sizes[0][1] - 2, 1]
@@ -194,15 +198,15 @@ def _stored_elements(x, cores) -> int:
 
 
 def test_cheap_steps_are_recomputed_instead_of_stored(monkeypatch):
-    monkeypatch.setattr(mango_contract, "SMALL", 0)
-    x = mango_contract.source_layout(torch.randn(4, 24, 24, 3, dtype=torch.float64), [(1, n1, n2, 1) for n1, n2 in CHEAP_BL])
+    monkeypatch.setattr(ring_execute, "SMALL", 0)
+    x = ring_execute.source_layout(torch.randn(4, 24, 24, 3, dtype=torch.float64), [(1, n1, n2, 1) for n1, n2 in CHEAP_BL])
     cores = [c.requires_grad_() for c in _cores(1, CHEAP_BL, seed=6)]
     plan = ring_plan(tuple(tuple(t.shape) for t in (x, *cores)))
-    assert [len(segment) for segment in mango_contract._segments(plan.steps, plan.flops)] == [3, 1]  # B, L, I | O
+    assert [len(segment) for segment in ring_execute._segments(plan.steps, plan.flops)] == [3, 1]  # B, L, I | O
     grads = torch.autograd.grad(ring_map(x, cores).square().sum(), cores)
     stored = _stored_elements(x, cores)
     assert stored <= 4 * 40 * 24 * 3 + 24 * 40  # the last step's input (B2 x D2 x D1 x L2), its core at most
-    monkeypatch.setattr(mango_contract, "RECOMPUTE", 0.0)  # every step expensive: everything stored
+    monkeypatch.setattr(ring_execute, "RECOMPUTE", 0.0)  # every step expensive: everything stored
     assert _stored_elements(x, cores) > 2 * stored
     plain = torch.autograd.grad(ring_map(x, cores).square().sum(), cores)
     assert all((g - p).abs().max() < 1e-10 * p.abs().max() for g, p in zip(grads, plain))
@@ -211,20 +215,20 @@ def test_cheap_steps_are_recomputed_instead_of_stored(monkeypatch):
 def test_source_layout_keeps_the_values_in_the_order_the_map_reads():
     x = torch.randn(4, 24, 24, 3, dtype=torch.float64)
     core_shapes = [(1, n1, n2, 1) for n1, n2 in CHEAP_BL]
-    laid = mango_contract.source_layout(x, core_shapes)
+    laid = ring_execute.source_layout(x, core_shapes)
     assert torch.equal(laid, x)
     assert laid.permute(ring_plan((tuple(x.shape), *core_shapes)).source_perm).is_contiguous()
-    chunked = mango_contract.source_layout(x, core_shapes, max_elements=512)  # laid out for the chunks' plan
+    chunked = ring_execute.source_layout(x, core_shapes, max_elements=512)  # laid out for the chunks' plan
     shapes = (tuple(x.shape), *core_shapes)
-    chunk_plan = ring_plan(mango_contract._narrowed(shapes, *mango_contract._chunking(shapes, 512)))
+    chunk_plan = ring_plan(ring_execute._narrowed(shapes, *ring_execute._chunking(shapes, 512)))
     assert torch.equal(chunked, x)
     assert chunked.permute(chunk_plan.source_perm).is_contiguous()
     assert not laid.permute(chunk_plan.source_perm).is_contiguous()
 
 
 def test_a_path_that_is_not_a_chain_is_left_to_opt_einsum():
-    assert mango_contract._chain([(0, 2), (0, 3), (1, 2), (0, 1)], 4) == [1, 0, 3, 2]
-    assert mango_contract._chain([(1, 2), (0, 3), (0, 2), (0, 1)], 4) is None  # two cores joined first
+    assert ring_planning._chain([(0, 2), (0, 3), (1, 2), (0, 1)], 4) == [1, 0, 3, 2]
+    assert ring_planning._chain([(1, 2), (0, 3), (0, 2), (0, 1)], 4) is None  # two cores joined first
 
 
 # --- packing --------------------------------------------------------------------
@@ -257,7 +261,8 @@ def _reference(src, tgt: Dims, op: MangoOperator, init: str):
             grown = torch.where(_new_output_units(grown, src.specs[name], op.copy_map), _next_layer(grown), grown)
         wide[name] = grown
     at_src_depth = Dims(tgt.hidden, tgt.ffn, tgt.heads, tgt.kv_heads, tgt.head_dim, src.dims.layers)
-    return deepen(src.with_tensors(wide, at_src_depth), tgt.layers, method.depth)
+    return deepen(src.with_tensors(wide, at_src_depth), tgt.layers,
+                  method.depth_operator.layer_map(src.dims.layers, tgt.layers))
 
 
 #: a deep GQA Llama grown by x1.5 in every width (6/2 -> 9/3 heads, FFN 48 -> 72) and 8 -> 10 layers
@@ -299,7 +304,7 @@ def test_a_chunked_operator_equals_the_whole_one_and_keeps_its_workspace():
     _, adapter, src, config = _grown("gpt2")
     tgt = adapter.dims(config)
     whole, chunked = (MangoOperator(src, tgt, rank=2, seed=3, max_elements=m) for m in (2**30, 4096))
-    assert mango_contract._largest_intermediate((tuple(chunked.m1.shape), *(tuple(c.shape) for c in chunked.cores()))) > 4096
+    assert ring_planning._largest_intermediate((tuple(chunked.m1.shape), *(tuple(c.shape) for c in chunked.cores()))) > 4096
     out_whole, out_chunked = whole(), chunked()
     assert all((out_chunked[n] - t).abs().max() < 1e-12 for n, t in out_whole.items())
     weights = {n: torch.randn_like(t) for n, t in out_whole.items()}

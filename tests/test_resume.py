@@ -15,8 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import growkit
 from growkit.arch.tiny import tiny_model
-from growkit.checkpoint import load_state, save_state
+from growkit.core.errors import GrowError
+from growkit.resumable.state import load_state, save_state
 from growkit.cli import main
 from growkit.data import build_task_data, embedded_text, tokenize_corpus, train_bpe
 from growkit.io import save_pretrained
@@ -235,3 +237,26 @@ def test_an_interrupted_save_leaves_the_old_model_or_nothing(tmp_path, monkeypat
         gio.save_pretrained(tiny_model("gpt2", seed=1), tmp_path / "old", overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
     assert (tmp_path / "old" / "model.safetensors").read_bytes() == before
+
+
+def test_python_grow_claims_its_checkpoint_folder(tmp_path, capsys):
+    """``grow(checkpoint_dir=...)`` records its run, refuses another run's checkpoints and a folder in use."""
+    from growkit.resumable.folder import run_lock
+
+    ids = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(0))
+    data = [{"input_ids": ids, "labels": ids}]
+    folder = tmp_path / "fit"
+
+    def grow_it(seed: int = 0):
+        return growkit.grow(tiny_model("gpt2"), {"hidden_size": 64}, "ligo", data=data, steps=2, seed=seed,
+                            checkpoint_dir=folder, checkpoint_every=1)
+
+    first = grow_it()
+    assert json.loads((folder / "run.json").read_text())["method"] == "ligo"
+    again = grow_it()  # the same run resumes from its step-1 checkpoint and ends the same
+    assert "resuming the fit from step 1" in capsys.readouterr().err
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(GrowError, match="holds a checkpoint of a different fit"):
+        grow_it(seed=1)
+    with run_lock(folder), pytest.raises(GrowError, match="in use by another growkit process"):
+        grow_it()

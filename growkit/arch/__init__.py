@@ -8,6 +8,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..core.errors import GrowError
+from ..core.registry import register_once
 from .base import CAUSAL, IMAGE, MASKED, Adapter, Entry
 from .bert import BertAdapter
 from .gemma2 import Gemma2Adapter
@@ -25,10 +26,7 @@ ADAPTERS: dict[str, Adapter] = {}
 
 def register_adapter(adapter: Adapter) -> Adapter:
     """Make ``adapter``'s family known to every command (refused when its model type is taken)."""
-    if adapter.model_type in ADAPTERS:
-        raise GrowError(f"model type {adapter.model_type!r} already has an adapter")
-    ADAPTERS[adapter.model_type] = adapter
-    return adapter
+    return register_once(ADAPTERS, adapter.model_type, adapter, "model type")
 
 
 for _adapter in (GPT2Adapter(), BertAdapter(), ViTAdapter(), LlamaAdapter(), MistralAdapter(), Qwen2Adapter(),

@@ -309,26 +309,40 @@ class Adapter:
         return sd
 
     def from_canonical(self, canon: Canonical, config: PretrainedConfig, model_class: type[PreTrainedModel]) -> PreTrainedModel:
-        """Build ``model_class(config)`` holding exactly ``canon``'s weights, in eval mode.
+        """Build ``model_class`` at ``config``'s sizes holding exactly ``canon``'s weights, in eval mode.
 
-        An operator that rescaled the RMSNorm gains (zero-extension) leaves
-        ``extra["rms_norm_eps_scale"]``: the model gets a copy of ``config`` with
-        ``rms_norm_eps`` scaled to match, so the config travels with the weights.
-        Likewise a depth operator leaves ``extra["layer_source"]``: where the
-        source's layers mix attention types, each layer gets its source layer's type.
+        The config is adjusted to what the operators recorded (see :meth:`grown_config`).
         """
         canon.validate()
         if self.dims(config) != canon.dims:
             raise ValueError(f"config sizes {self.dims(config)} do not match the weights' {canon.dims}")
-        eps_scale = canon.extra.get("rms_norm_eps_scale", 1.0)
+        return self.load_canonical(model_class(self.grown_config(config, canon.extra)), canon)
+
+    def grown_config(self, config: PretrainedConfig, extra: dict) -> PretrainedConfig:
+        """``config`` as grown weights with the facts ``extra`` need it (a copy where it changes).
+
+        An operator that rescaled the RMSNorm gains (zero-extension) leaves
+        ``extra["rms_norm_eps_scale"]``: ``rms_norm_eps`` is scaled to match, so the
+        config travels with the weights. Likewise a depth operator leaves
+        ``extra["layer_source"]``: where the source's layers mix attention types,
+        each layer gets its source layer's type.
+        """
+        eps_scale = extra.get("rms_norm_eps_scale", 1.0)
+        types, source = extra.get("layer_types"), extra.get("layer_source")
+        if eps_scale == 1.0 and (types is None or source is None):
+            return config
+        config = copy.deepcopy(config)
         if eps_scale != 1.0:
-            config = copy.deepcopy(config)
             config.rms_norm_eps = self.rms_norm_eps(config) * eps_scale
-        types, source = canon.extra.get("layer_types"), canon.extra.get("layer_source")
         if types is not None and source is not None:
-            config = copy.deepcopy(config)
             config.layer_types = [types[s] for s in source]
-        model = model_class(config)
+        return config
+
+    def load_canonical(self, model: PreTrainedModel, canon: Canonical) -> PreTrainedModel:
+        """Copy exactly ``canon``'s weights into ``model`` (built at its sizes) and put it in eval mode."""
+        canon.validate()
+        if self.dims(model.config) != canon.dims:
+            raise ValueError(f"the model's sizes {self.dims(model.config)} do not match the weights' {canon.dims}")
         sd = self.hf_state_dict(canon.tensors, model, canon.tied, canon.extra)
         own = model.state_dict()
         unknown = sorted(set(sd) - set(own))

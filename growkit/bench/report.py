@@ -110,7 +110,6 @@ def summarise(result: BenchResult) -> dict:
         "info": result.info,
         "preset": p.to_dict(),
         "data": spec.data,
-        "skipped": result.skipped,
         "target_loss": {s: per_seed[s]["scratch"].final_loss for s in per_seed},
         "scratch_last_fifth_improvement": scratch_conv,
         "scratch_converged": all(v < CONVERGED for v in scratch_conv.values()),
@@ -285,8 +284,6 @@ def report_markdown(summary: dict) -> str:
         f"stopped after {FitConfig.patience} checks without a new best; variants may change this with fit_patience); their measured FLOPs, checks included, "
         "and the wall time of the whole grow call start their curves (included in the savings)",
     ]
-    for m, note in summary["skipped"].items():
-        lines.append(f"- {note}")
     lines += ["", "## Savings to reach scratch's final eval loss", ""]
     targets = summary["target_loss"]
     lines.append("Target loss (scratch's final eval loss): "

@@ -54,7 +54,8 @@ from ..core.errors import GrowError
 from ..data import TaskData, TokenTaskData, build_task_data, embedded_text, is_token_folder, load_tokenizer, read_text, train_bpe
 from ..device import resolve_device
 from ..fit import FitConfig, target_loss
-from ..flops import count_flops, flops_per_batch, measure_flops, params_count
+from ..estimate import parameter_count
+from ..flops import count_flops, flops_per_batch, measure_flops
 from ..io import load_pretrained, model_class
 from ..ops import get_method, methods as registered_methods
 from ..progress import lines_to, progress_bar
@@ -120,33 +121,30 @@ class BenchResult:
     out: Path
     runs: dict[int, dict[str, dict]]  #: seed -> method -> run record (run.json)
     sources: dict[int, dict]  #: seed -> source record (source.json)
-    skipped: dict[str, str]  #: method -> why it did not run
     info: dict  #: data and model facts for the report
     trained: list[tuple[int, str]]  #: (seed, method) runs trained in this call (the rest were loaded)
 
 
-def resolve_methods(names: list[str]) -> tuple[list[str], dict[str, str]]:
-    """The entries that can run (scratch first) and a note for each one that cannot.
+def resolve_methods(names: list[str]) -> list[str]:
+    """The entries to run, scratch first (savings are measured against it); an unknown method is refused.
 
     An entry is a method or a variant of one (``mango+rank=2``, see :mod:`.variants`).
     """
     available = registered_methods()
-    runnable, skipped = [], {}
+    runnable = []
     for name in dict.fromkeys(n.strip() for n in names):
         variant = parse_variant(name)
         if variant.method == "scratch" or variant.method in available:
             if variant.fit and variant.method != "scratch" and not get_method(variant.method).learned:
                 raise GrowError(f"{name!r}: fit_steps and fit_lr apply to learned methods only")
             runnable.append(name)
-        elif variant.method in DEFAULT_METHODS:
-            skipped[name] = f"{variant.method} is not registered in this installation (growkit.methods() lacks it); skipped"
         else:
             raise GrowError(f"unknown method {variant.method!r}; choose scratch or one of {', '.join(available)}")
     if "scratch" not in runnable:
         runnable.insert(0, "scratch")  # savings are measured against it
     else:
         runnable.insert(0, runnable.pop(runnable.index("scratch")))
-    return runnable, skipped
+    return runnable
 
 
 def _write_json(path: Path, obj) -> None:
@@ -197,6 +195,30 @@ def _source_config(spec: BenchSpec, data: TaskData):
     if spec.preset.images:
         return spec.preset.source_config(num_labels=len(data.info["classes"]))
     return spec.preset.source_config(vocab_size=len(data.tokenizer))
+
+
+def _fit_flops(operator, model, data: TaskData, seed: int) -> tuple[float, float, float]:
+    """Measured FLOPs of one fit step (materialise, target forward, backward), of one materialisation
+    and of one held-out forward of the target (a batch, weights given).
+
+    Counted after ``grow`` on the operator it built and fit, with the grown model as the
+    function the step calls (its own weights are not read), so nothing is built twice.
+    """
+    batch = next(data.train_batches(seed))
+    model.train()
+
+    def step() -> None:
+        target_loss(operator, model, adapter_for(model), batch).backward()
+
+    try:
+        per_step = count_flops(step)
+        with torch.no_grad():
+            materialise = count_flops(operator)
+            forward = count_flops(lambda: model(**batch))
+    finally:
+        model.eval()
+        operator.zero_grad(set_to_none=True)
+    return per_step, materialise, forward
 
 
 class Runner:
@@ -251,7 +273,7 @@ class Runner:
         if result.diverged_at is not None:
             raise GrowError(f"the source's pretraining diverged at step {result.diverged_at}; lower the preset's lr")
         record = {"seed": seed, "fingerprint": self.fingerprint, "size": str(self.preset.source),
-                  "params": params_count(config), "eval_loss": result.eval_loss, "flops": result.flops,
+                  "params": parameter_count(config), "eval_loss": result.eval_loss, "flops": result.flops,
                   "seconds": result.seconds, "steps": budget.steps, "load": load.record(),
                   "threads": torch.get_num_threads(), "history": result.history}
         if distributed.is_main():
@@ -274,25 +296,6 @@ class Runner:
     # --- one target run --------------------------------------------------------
     def run_dir(self, seed: int, method: str) -> Path:
         return self.out / f"seed{seed}" / method
-
-    def _fit_flops(self, source, target_config, method: str, data: TaskData, seed: int,
-                   options: dict) -> tuple[float, float, float]:
-        """Measured FLOPs of one fit step (materialise, target forward, backward), one materialisation and one
-        held-out forward of the target (a batch, weights given)."""
-        adapter = adapter_for(source)
-        operator = get_method(method).build(adapter.to_canonical(source), adapter.dims(target_config), seed=seed, **options)
-        template = adapter.from_canonical(operator.materialize(), target_config, type(source))
-        template.train()
-        batch = next(data.train_batches(seed))
-
-        def step() -> None:
-            target_loss(operator, template, adapter, batch).backward()
-
-        per_step = count_flops(step)
-        with torch.no_grad():
-            materialise = count_flops(operator)
-            forward = count_flops(lambda: template(**batch))
-        return per_step, materialise, forward
 
     def target(self, seed: int, entry: str, source, data: TaskData) -> dict:
         """Grow (or initialise) and train one target; reuse a finished run.
@@ -354,7 +357,6 @@ class Runner:
             model = model_class(target_config)(target_config)
             grow_seconds, fit_flops = 0.0, 0.0
         elif learned:
-            per_step, materialise, forward = self._fit_flops(source, target_config, method, data, seed, options)
             fit_steps, fit_lr, patience = settings["fit_steps"], settings["fit_lr"], settings["fit_patience"]
             fit_config = FitConfig(steps=fit_steps, lr=fit_lr, progress=bool(self.spec.progress), device=p.device,
                                    patience=patience, first_check=FitConfig.first_check if patience else 0)
@@ -363,6 +365,7 @@ class Runner:
             model, result = grow(source, target_config, method, seed=seed, data=data, fit_config=fit_config,
                                  return_fit=True, **options)
             grow_seconds = time.perf_counter() - start
+            per_step, materialise, forward = _fit_flops(result.operator, model, data, seed)
             steps, checks = len(result.losses), len(result.held_out)
             per_check = materialise + forward * fit_config.eval_batches  # the held-out check's cost
             fit_flops = per_step * steps + materialise + per_check * checks
@@ -391,7 +394,7 @@ class Runner:
                   "run_settings": settings, "eval_loss": result.eval_loss,
                   "flops": result.flops, "seconds": result.seconds, "diverged_at": result.diverged_at,
                   "grow_seconds": grow_seconds, "fit_flops": fit_flops, "fit": fit, "options": options,
-                  "params": params_count(target_config), "train_flops_check": measured,
+                  "params": parameter_count(target_config), "train_flops_check": measured,
                   "threads": torch.get_num_threads(), "history": result.history}
         self.log(f"[seed {seed}] {entry}: eval loss {result.eval_loss:.4f} after {cfg.steps} steps, "
                  f"{result.seconds:.0f} s" + (f" (diverged at step {result.diverged_at})" if result.diverged_at else ""))
@@ -413,9 +416,7 @@ class Runner:
 
     def _run(self) -> BenchResult:
         spec, p = self.spec, self.preset
-        methods, skipped = resolve_methods(spec.methods)
-        for note in skipped.values():
-            self.log(f"note: {note}")
+        methods = resolve_methods(spec.methods)
         distributed.on_main(_check_settings, spec, self.out)
         self.log("data: " + ("loading" if p.images else "tokenising the corpus (the first time: training the BPE)"))
         data = distributed.main_first(lambda: load_data(spec, self.out))  # rank 0 saves the tokenizer, the others load it
@@ -431,11 +432,11 @@ class Runner:
         info = {
             "family": p.family, "preset": p.name, "methods": methods, "seeds": list(spec.seeds),
             "source": str(p.source), "target": str(p.target),
-            "source_params": params_count(config), "target_params": params_count(target_config),
+            "source_params": parameter_count(config), "target_params": parameter_count(target_config),
             "data": spec.data or ("digits" if p.images else "embedded corpus"), "data_info": data.info,
             "vocab_size": None if data.tokenizer is None else len(data.tokenizer),
         }
-        return BenchResult(spec, self.out, runs, sources, skipped, info, list(self.trained))
+        return BenchResult(spec, self.out, runs, sources, info, list(self.trained))
 
     def _in_workers(self, methods: list[str]) -> tuple[dict[int, dict], dict[int, dict[str, dict]]]:
         """Every unfinished run in ``spec.jobs`` worker processes: the sources first, then each seed's targets.

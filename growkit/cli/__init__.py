@@ -13,14 +13,16 @@ fraction of a second.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
 
 from ..core.errors import GrowError
+from . import bench, demo, grow, inspect, methods, tokenize, train
 
-COMMANDS = ("grow", "inspect", "methods", "train", "bench", "tokenize", "demo")
+_MODULES = (grow, inspect, methods, train, bench, tokenize, demo)
+#: the commands, in the order ``--help`` lists them
+COMMANDS = tuple(module.__name__.rpartition(".")[2] for module in _MODULES)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,13 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for expected errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{name}":
-                raise
-            continue
+    for module in _MODULES:
         module.add_parser(sub)
     for command in sub.choices.values():  # ``growkit grow ... --debug`` works as well as ``growkit --debug grow``
         if "--debug" not in command._option_string_actions:

@@ -46,10 +46,9 @@ def check_apart(source: Path, out: Path, out_name: str) -> None:
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
     """Refuse to write over existing work, before anything is loaded or computed."""
-    if out.exists() and not out.is_dir():
-        raise GrowError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise GrowError(f"{out} exists and is not empty; choose another folder, or pass --overwrite to replace everything in it")
+    from ..resumable.folder import check_unused
+
+    check_unused(out, allowed=overwrite, remedy="choose another folder, or pass --overwrite to replace everything in it")
 
 
 def default_seq_len(config: PretrainedConfig, seq_len: int | None) -> int:
@@ -112,23 +111,6 @@ def resume_hint(folder: Path, step: int | None) -> str:
     if step is None:
         return f"; no checkpoint was written yet (see --checkpoint-every), so rerunning the same command starts over"
     return f"; rerun the same command to resume from step {step} (checkpoint in {folder})"
-
-
-def data_digest(data) -> str:
-    """What a run's data is: its examples and eval batches (tokenised, so the tokenizer counts too).
-
-    A tokens folder is named by the digest of its index (which holds every
-    shard's sha256 and the tokenizer's), not by reading gigabytes of tokens.
-    """
-    import torch
-
-    from ..checkpoint import digest_tensors
-    from ..data import TokenTaskData
-
-    if isinstance(data, TokenTaskData):
-        return digest_tensors({"index": torch.frombuffer(bytearray(bytes.fromhex(data.corpus.digest)), dtype=torch.uint8),
-                               "eval": data.eval_batches, "batch_size": torch.tensor(data.batch_size)})
-    return digest_tensors({"train": data.examples, "eval": data.eval_batches, "batch_size": torch.tensor(data.batch_size)})
 
 
 def describe(label: str, config: PretrainedConfig) -> str:

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import warnings
 from pathlib import Path
 
-from ..core.catalog import CATALOG, DEPTH_OPS, WIDTH_OPS, method_name, refuse_unused
+from ..core.catalog import CATALOG, DEPTH_OPS, OPTION_NAMES, WIDTH_OPS, method_name
 from ..core.errors import GrowError
 from ..settings import FitConfig
 from .common import (
@@ -18,7 +17,6 @@ from .common import (
     check_batch_size,
     check_output_dir,
     checkpoint_interval,
-    data_digest,
     default_seq_len,
     describe,
     load_model,
@@ -88,7 +86,7 @@ def add_parser(sub) -> None:
     learned.add_argument("--init", help="start from this operator (e.g. stackbert, net2net, bert2bert)")
     learned.add_argument("--split", choices=("even", "keep"),
                          help="mango only: how the start shares a copied unit's outgoing weights: even (Net2Net's "
-                         "1/copies) or keep (the original keeps them, new copies start silent); both keep the function"),
+                         "1/copies) or keep (the original keeps them, new copies start silent); both keep the function")
     add_device_option(learned, "the fit (the operator always computes in fp32)")
     add_checkpoint_option(learned, "fit (into OUT_DIR.partial/, removed once OUT_DIR is written)")
     add_data_options(p)
@@ -101,8 +99,7 @@ def add_parser(sub) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict:
-    names = ("noise", "rank", "init", "split")
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name) is not None}
 
 
 def partial_dir(out: Path) -> Path:
@@ -128,9 +125,10 @@ def on_interrupt(args: argparse.Namespace) -> str:
 def check_options(args: argparse.Namespace) -> None:
     """Refuse, by the flag the user typed, every option the chosen method would ignore; then fill in the defaults."""
     method = CATALOG[args.method]
-    accepted = [*method.options, *(FIT_OPTIONS if method.learned else FIXED_OPTIONS)]
-    given = [name for name in (*FIXED_OPTIONS, *FIT_OPTIONS, "rank", "init", "noise", "split") if getattr(args, name) is not None]
-    refuse_unused(args.method, given, accepted, spell=lambda name: "--" + name.replace("_", "-"))
+    given = {name: getattr(args, name) for name in (*FIXED_OPTIONS, *FIT_OPTIONS, *OPTION_NAMES)
+             if getattr(args, name) is not None}
+    method.check_options(given, FIT_OPTIONS if method.learned else FIXED_OPTIONS,
+                         spell=lambda name: "--" + name.replace("_", "-"))
     if method.learned:
         for name, value in FIT_DEFAULTS.items():
             if getattr(args, name) is None:
@@ -145,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..api import grow
     from ..arch import adapter_for
-    from ..checkpoint import LOCK_FILE, check_same_run, digest_model_folder, remove, run_lock, write_run
+    from ..resumable.atomic import remove
     from ..device import resolve_device
     from ..estimate import check_memory, fit_estimate, fixed_estimate
     from ..fit import FitWarning, latest_fit_checkpoint
@@ -209,44 +207,24 @@ def run(args: argparse.Namespace) -> int:
         distributed.on_main(grow_fixed)
         return 0
     data = task_data(args, model.config, tokenizer)
-    run_id = {
-        "command": "grow", "source": digest_model_folder(src), "data": data_digest(data), "method": args.method,
-        "target": {k: getattr(adapter.dims(config), k) for k in ("hidden", "ffn", "heads", "kv_heads", "head_dim", "layers")},
-        "options": options, "steps": args.steps, "lr": args.lr, "patience": args.patience, "seed": args.seed,
-    }
-    distributed.check_same(run_id, "the source, data or settings")
-    distributed.barrier()
-    with contextlib.ExitStack() as stack:
-
-        def claim() -> None:  # rank 0 only: the checkpoint folder, its identity and its lock
-            resuming = check_same_run(partial, run_id, "fit") if partial.exists() else False
-            if not resuming and partial.exists() and any(p.name != LOCK_FILE for p in partial.iterdir()):
-                raise GrowError(f"{partial} exists and is not a growkit checkpoint folder; move or delete it")
-            partial.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(run_lock(partial))
-            write_run(partial, run_id)
-            found = latest_fit_checkpoint(partial)
-            if resuming and found:
-                print(f"resuming the fit from step {found[0]} (checkpoint in {partial})", file=sys.stderr)
-
-        distributed.on_main(claim)
-        fit_config = FitConfig(steps=args.steps, lr=args.lr, progress=sys.stderr.isatty(), device=device,
-                               patience=args.patience, first_check=FitConfig.first_check if args.patience else 0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FitWarning)  # reported below as an error
-            grown, result = grow(model, config, args.method, seed=args.seed, data=data, fit_config=fit_config,
-                                 return_fit=True, checkpoint_dir=partial, checkpoint_every=args.checkpoint_every, **options)
-        if result.diverged_at is not None:
-            if not main:
-                return 1
-            found = latest_fit_checkpoint(partial)
-            kept = f"the last good checkpoint (after step {found[0]}) is kept in {partial}" if found else "no checkpoint was reached"
-            raise GrowError(
-                f"the fit's loss became non-finite at step {result.diverged_at + 1} of {args.steps}; no model was "
-                f"written and {kept}; try a lower --lr"
-            )
-        # the grown model keeps the tokenizer it was fit with (the source's, or the BPE trained on the data)
-        distributed.on_main(save_model, grown, out, src=src, tokenizer=tokenizer or data.tokenizer, overwrite=args.overwrite)
+    # grow() claims the checkpoint folder (lock, identity) and resumes from it
+    fit_config = FitConfig(steps=args.steps, lr=args.lr, progress=sys.stderr.isatty(), device=device,
+                           patience=args.patience, first_check=FitConfig.first_check if args.patience else 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)  # reported below as an error
+        grown, result = grow(model, config, args.method, seed=args.seed, data=data, fit_config=fit_config,
+                             return_fit=True, checkpoint_dir=partial, checkpoint_every=args.checkpoint_every, **options)
+    if result.diverged_at is not None:
+        if not main:
+            return 1
+        found = latest_fit_checkpoint(partial)
+        kept = f"the last good checkpoint (after step {found[0]}) is kept in {partial}" if found else "no checkpoint was reached"
+        raise GrowError(
+            f"the fit's loss became non-finite at step {result.diverged_at} of {args.steps}; no model was "
+            f"written and {kept}; try a lower --lr"
+        )
+    # the grown model keeps the tokenizer it was fit with (the source's, or the BPE trained on the data)
+    distributed.on_main(save_model, grown, out, src=src, tokenizer=tokenizer or data.tokenizer, overwrite=args.overwrite)
     if not main:
         return 0
     remove(partial)  # renamed away first: a kill now leaves no half-deleted checkpoint folder

@@ -17,7 +17,6 @@ from .common import (
     check_apart,
     check_batch_size,
     checkpoint_interval,
-    data_digest,
     default_seq_len,
     describe,
     print_estimate,
@@ -99,16 +98,11 @@ def on_interrupt(args: argparse.Namespace) -> str:
 
 def _check_out(out: Path, cfg: TrainConfig) -> None:
     """Refuse an output folder that holds anything but a run this command goes on with (resumed or extended)."""
-    from ..checkpoint import read_run
+    from ..resumable.folder import check_unused, read_run
     from ..train import resume_point
 
-    if out.exists() and not out.is_dir():
-        raise GrowError(f"output folder {out} exists and is not a folder; choose a new one")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if read_run(out) is None:
-        raise GrowError(f"output folder {out} exists and is not empty; choose a new one")
-    resume_point(out, cfg)
+    if check_unused(out, allowed=read_run(out) is not None):
+        resume_point(out, cfg)
 
 
 def _extends(old: dict | None, new: dict) -> bool:
@@ -123,8 +117,9 @@ def _extends(old: dict | None, new: dict) -> bool:
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..arch import IMAGE, adapter_for
-    from ..checkpoint import check_same_run, digest_model_folder, read_run, remove, run_lock, write_run
-    from ..data import build_task_data, load_tokenizer
+    from ..resumable.atomic import remove
+    from ..resumable.folder import claim, digest_model_folder, read_run
+    from ..data import build_task_data, data_digest, load_tokenizer
     from ..device import resolve_device
     from ..estimate import check_memory, train_estimate
     from ..io import load_config, load_pretrained, model_class
@@ -180,13 +175,9 @@ def run(args: argparse.Namespace) -> int:
     distributed.barrier()
     with contextlib.ExitStack() as stack:
 
-        def claim() -> None:  # rank 0 only: the run folder, its identity and its lock
+        def claim_out() -> None:  # rank 0 only: the run folder, its identity and its lock
             extending = out.is_dir() and _extends(read_run(out), run_id)
-            if out.is_dir() and any(out.iterdir()) and not extending:
-                check_same_run(out, run_id, "training run")
-            out.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(run_lock(out))
-            write_run(out, run_id)
+            claim(stack, out, run_id, "training run", extending=extending)
             found = latest_checkpoint(out)
             if extending:  # OUT/final is the shorter run's model; checkpoint-<step> keeps it, and the longer run replaces it
                 remove(out / "final")
@@ -195,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             elif found:
                 print(f"resuming from step {found[0]} ({found[1]})", file=sys.stderr)
 
-        distributed.on_main(claim)
+        distributed.on_main(claim_out)
         result = train(model, data, cfg, out, resume=True)
     if not distributed.is_main():  # rank 0 reports (and the launcher sees its exit code)
         return 0 if result.diverged_at is None else 1

@@ -103,7 +103,10 @@ class Canonical:
     """A model's weights by role, with their axis specs and the sizes they imply.
 
     ``tensors`` and ``specs`` share keys. ``tied`` means the output projection is
-    the token embedding (there is then no ``lm_head`` tensor).
+    the token embedding (there is then no ``lm_head`` tensor). ``extra`` holds
+    facts about the source beyond its tensors (see
+    :meth:`~growkit.arch.Adapter.canonical_facts`) and what operators record for
+    the grown config (see :meth:`~growkit.arch.Adapter.grown_config`).
     """
 
     family: str

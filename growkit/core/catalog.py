@@ -12,15 +12,10 @@ from dataclasses import dataclass, field
 
 from .errors import GrowError
 
-#: width operators: keyword arguments of :func:`growkit.ops.width.widen` (``zero``: of
-#: :func:`growkit.ops.zero_width.zero_extend`)
-WIDTH_OPS: dict[str, dict] = {
-    "net2net": {"strategy": "random", "noise": 0.01},
-    "aki": {"strategy": "random", "knowledge_from_next_layer": True},
-    "tile": {"strategy": "tile", "noise": 0.01},
-    "zero": {"new_weights": "random", "noise": 1.0},
-}
-#: depth operators (:data:`growkit.ops.depth.DEPTH_MAPS` implements each)
+#: width operators (:data:`growkit.ops.registry.WIDTH_OPERATORS` implements each: unit copies and tiling in
+#: :mod:`growkit.ops.width`, zero-extension in :mod:`growkit.ops.zero_width`)
+WIDTH_OPS = ("net2net", "aki", "tile", "zero")
+#: depth operators (:data:`growkit.ops.depth.DEPTH_OPERATORS` implements each)
 DEPTH_OPS = ("stack", "interpolate", "identity")
 #: the device names the command line accepts
 DEVICES = ("cpu", "auto", "cuda")
@@ -28,6 +23,26 @@ DEVICES = ("cpu", "auto", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 #: the Accelerate trackers a training run can report to, besides its metrics.jsonl
 REPORTERS = ("tensorboard",)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A ``grow()`` option a method takes: its name, the type its value must have, and that type in words."""
+
+    name: str
+    kind: type
+    what: str
+
+    def accepts(self, value: object) -> bool:
+        if isinstance(value, bool):
+            return self.kind is bool
+        return isinstance(value, (int, float) if self.kind is float else self.kind)
+
+
+NOISE = Option("noise", float, "a number")
+RANK = Option("rank", int, "an integer")
+INIT = Option("init", str, "a method name")
+SPLIT = Option("split", str, "'even' or 'keep'")
 
 
 @dataclass(frozen=True)
@@ -42,15 +57,32 @@ class MethodInfo:
     summary: str
     width: str | None = None
     depth: str | None = None
-    options: tuple[str, ...] = field(default=("noise",))
+    options: tuple[Option, ...] = field(default=(NOISE,))
     uneven_width: str | None = None
 
     @property
     def learned(self) -> bool:
         return self.width is None
 
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(option.name for option in self.options)
+
     def kind(self) -> str:
         return "a learned method" if self.learned else "a fixed method"
+
+    def check_options(self, options: dict, also: tuple[str, ...] = (), spell=lambda option: f"{option}=") -> None:
+        """Refuse what this method would ignore, and option values of the wrong type, before any work.
+
+        The one place options are checked: ``grow()``, the command line (``spell``
+        names them as flags) and a learned method's ``build`` all call it. ``also``
+        names the arguments the caller itself takes (a fit's ``steps=``...).
+        """
+        refuse_unused(self.name, list(options), [*self.option_names, *also], spell)
+        for option in self.options:
+            value = options.get(option.name)
+            if value is not None and not option.accepts(value):
+                raise GrowError(f"{spell(option.name)} of {self.name} must be {option.what}, got {value!r}")
 
 
 CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
@@ -63,10 +95,12 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
                "zero-extended width (other factors, RMSNorm models only); identity layers for depth",
                "tile", "identity", uneven_width="zero"),
     MethodInfo("ligo", "LiGO: learned width and depth maps, fit on the target's loss (init: stackbert_noisy or a "
-               "fixed method)", options=("init", "noise")),
+               "fixed method)", options=(INIT, NOISE)),
     MethodInfo("mango", "Mango: learned tensor-ring (multi-linear) growth operator of rank R, fit on the target's loss",
-               options=("rank", "init", "noise", "split")),
+               options=(RANK, INIT, NOISE, SPLIT)),
 )}
+#: every option some method takes, in the order the command line checks them
+OPTION_NAMES = tuple(dict.fromkeys(option.name for method in CATALOG.values() for option in method.options))
 
 
 def method_name(name: str, known: tuple[str, ...] | None = None) -> str:

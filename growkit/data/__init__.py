@@ -1,5 +1,5 @@
 """Offline data for every family: corpus, tokenizer, tokens folders and deterministic batches (imports core only)."""
-from .batches import Masker, TaskData, build_task_data
+from .batches import Masker, TaskData, build_task_data, data_digest
 from .corpus import embedded_text, read_text
 from .images import digits, image_folder
 from .pretokenize import tokenize_corpus
@@ -14,6 +14,7 @@ __all__ = [
     "TokenTaskData",
     "build_task_data",
     "check_vocab",
+    "data_digest",
     "digits",
     "embedded_text",
     "image_folder",

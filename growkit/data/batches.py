@@ -17,11 +17,12 @@ from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
 from ..arch import IMAGE, MASKED, adapter_for, family_adapter
 from ..core.errors import GrowError
+from ..resumable.folder import digest_tensors
 from .corpus import embedded_text, read_text
 from .images import digits, image_folder
 from .model_batches import Batch, Masker, eval_set, frame, masker_for, model_batch, spread
 from .token_folder import is_token_folder
-from .token_stream import token_task_data
+from .token_stream import TokenTaskData, token_task_data
 from .tokenizer import check_vocab, encode, train_bpe
 
 @dataclass
@@ -201,3 +202,21 @@ def build_task_data(
     if config is not None:
         check_vocab(tokenizer, config)
     return _text_task(family, text, tokenizer, seq_len, batch_size, eval_fraction, eval_batches, seed)
+
+
+def data_digest(data: TaskData | TokenTaskData | list | tuple) -> str | None:
+    """What a run's data is, for its identity: the examples and eval batches (tokenised, so the tokenizer
+    counts too), or the batches of a list. None for a stream that cannot be read twice.
+
+    A tokens folder is named by the digest of its index (which holds every
+    shard's sha256 and the tokenizer's), not by reading gigabytes of tokens.
+    """
+    if isinstance(data, TokenTaskData):
+        index = torch.frombuffer(bytearray(bytes.fromhex(data.corpus.digest)), dtype=torch.uint8)
+        return digest_tensors({"index": index, "eval": data.eval_batches, "batch_size": torch.tensor(data.batch_size)})
+    if isinstance(data, TaskData):
+        return digest_tensors({"train": data.examples, "eval": data.eval_batches,
+                               "batch_size": torch.tensor(data.batch_size)})
+    if isinstance(data, (list, tuple)):
+        return digest_tensors(list(data))
+    return None

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..core.errors import GrowError
+from ..resumable.folder import check_unused
 from .documents import Piece, Source, check_readers, find_sources, pieces
 from .token_folder import DTYPES, FORMAT, INDEX_FILE, JOB_FILE, SHARD_DIR, TOKENIZER_DIR, VERSION, HeldOut, token_dtype
 from .tokenizer import check_vocab, load_tokenizer, text_chunks
@@ -116,14 +117,11 @@ def _job(sources: list[Source], digest: str, dtype: str, eos_id: int, field: str
 
 def _claim(out: Path, job: dict) -> bool:
     """Create ``out`` or accept it as this job's unfinished run (True: resuming); refuse anything else."""
-    if out.exists() and not out.is_dir():
-        raise GrowError(f"{out} exists and is not a folder")
-    if not out.is_dir() or not any(out.iterdir()):
+    if not check_unused(out, allowed=True):
         return False
     if (out / INDEX_FILE).is_file():
         raise GrowError(f"{out} holds a finished tokenization; choose a new folder")
-    if not (out / JOB_FILE).is_file():
-        raise GrowError(f"{out} exists and is not empty; choose a new folder")
+    check_unused(out, allowed=(out / JOB_FILE).is_file(), remedy="choose a new folder")
     try:
         old = json.loads((out / JOB_FILE).read_text(encoding="utf-8"))
     except ValueError:

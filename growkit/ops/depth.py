@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -42,7 +43,22 @@ class DepthMap:
         return cls(source, tuple(l > 0 and source[l] == source[l - 1] for l in range(n_new)))
 
 
-DEPTH_MAPS = {"stack": DepthMap.stack, "interpolate": DepthMap.interpolate, "identity": DepthMap.identity}
+@dataclass(frozen=True)
+class DepthOperator:
+    """A registered depth operator: the :class:`DepthMap` it draws from the source and target layer counts."""
+
+    name: str
+    layer_map: Callable[[int, int], DepthMap]
+
+    def __call__(self, src: Canonical, n_layers: int) -> Canonical:
+        return deepen(src, n_layers, self.layer_map(src.dims.layers, n_layers))
+
+
+#: the depth operators, by the catalogue's names
+DEPTH_OPERATORS: dict[str, DepthOperator] = {
+    op.name: op for op in (DepthOperator("stack", DepthMap.stack), DepthOperator("interpolate", DepthMap.interpolate),
+                           DepthOperator("identity", DepthMap.identity))
+}
 
 
 def is_post_norm(canon: Canonical) -> bool:
@@ -50,9 +66,8 @@ def is_post_norm(canon: Canonical) -> bool:
     return family_adapter(canon.family).post_norm
 
 
-def deepen(src: Canonical, n_layers: int, strategy: str) -> Canonical:
-    """Grow ``src`` to ``n_layers`` layers with the named strategy."""
-    dmap = DEPTH_MAPS[strategy](src.dims.layers, n_layers)
+def deepen(src: Canonical, n_layers: int, dmap: DepthMap) -> Canonical:
+    """Grow ``src`` to ``n_layers`` layers following ``dmap``."""
     if any(dmap.silenced) and is_post_norm(src):
         warnings.warn(
             f"{src.family} is post-norm: inserted layers keep their LayerNorms, so identity insertion "

@@ -47,11 +47,11 @@ from torch import nn
 
 from ..core.canonical import GROWABLE, Canonical, Dims, parse_axis
 from ..core.errors import GrowError
-from ..core.catalog import CATALOG, refuse_unused
-from . import METHODS, WIDTH_OPS, Method, register
-from .depth import DEPTH_MAPS, RESIDUAL_OUTPUTS
+from ..core.catalog import CATALOG
+from .depth import RESIDUAL_OUTPUTS
 from .operator import GrowthOperator
-from .width import AxisMap, width_start
+from .registry import Method, fixed_methods
+from .width import AxisMap
 
 Tensor = torch.Tensor
 DEFAULT_INIT = "stackbert_noisy"
@@ -144,21 +144,19 @@ def fixed_start(
     source: Canonical, target: Dims, plans: dict[str, Plan], method: Method, seed: int, noise: float | None
 ) -> Start:
     """The start whose first materialisation is ``grow_fixed(source, target, method...)``."""
-    options = WIDTH_OPS[method.width]
-    amount = options.get("noise", 0.0) if noise is None else noise
-    wmap, noises = width_start(source, target, options["strategy"], noise=amount, seed=seed)
+    widen = method.width_operator
+    wmap, noises = widen.start(source, target, noise=noise, seed=seed)
     width, counts = {}, {}
     for g, (_, _, layers) in _groups(source, target, plans).items():
         amap = wmap.axes[GROUP_AXIS[g]]
         width[g] = _selection(amap, layers)
         counts[g] = amap.count.float()
-    dmap = DEPTH_MAPS[method.depth](source.dims.layers, target.layers)
+    dmap = method.depth_operator.layer_map(source.dims.layers, target.layers)
     copies = torch.nn.functional.one_hot(torch.tensor(dmap.source), source.dims.layers).float()
     keep = torch.tensor([not s for s in dmap.silenced], dtype=torch.float32)[:, None]
     depth = {name: copies * keep if name in RESIDUAL_OUTPUTS else copies.clone() for name in source.layer_names()}
     offsets = {name: t for name, t in noises.items() if t.any()}
-    return Start(width, counts, depth, offsets, next_layer=options.get("knowledge_from_next_layer", False),
-                 layer_source=dmap.source)
+    return Start(width, counts, depth, offsets, next_layer=widen.knowledge_from_next_layer, layer_source=dmap.source)
 
 
 def _depth_key(name: str) -> str:
@@ -228,24 +226,24 @@ def _new_units(t: Tensor, dim: int, c: Tensor) -> Tensor:
 
 
 def build(
-    source: Canonical, target_dims: Dims, *, seed: int = 0, init: str = DEFAULT_INIT, noise: float | None = None, **unknown
+    source: Canonical, target_dims: Dims, *, seed: int = 0, init: str = DEFAULT_INIT, noise: float | None = None
 ) -> LiGO:
     """A LiGO operator from ``source`` to ``target_dims`` at the ``init`` start.
 
     ``noise`` is the start's symmetry-breaking noise: the fixed method's for a
     fixed start (as ``grow_fixed``'s option), the depth noise bound for stackbert_noisy.
     """
-    refuse_unused("ligo", sorted(unknown), list(CATALOG["ligo"].options))
     source.dims.check_growth_to(target_dims)
-    fixed = [name for name, m in METHODS.items() if not m.learned]
+    fixed = fixed_methods()
     plans = _plans(source, target_dims)
     if init == DEFAULT_INIT:
         start = rand_start(source, target_dims, plans, seed, noise)
     elif init in fixed:
-        start = fixed_start(source, target_dims, plans, METHODS[init], seed, noise)
+        start = fixed_start(source, target_dims, plans, fixed[init], seed, noise)
     else:
         raise GrowError(f"unknown LiGO init {init!r}; choose {DEFAULT_INIT} or a fixed method: {', '.join(fixed)}")
     return LiGO(source, target_dims, start, plans)
 
 
-register(Method(**vars(CATALOG["ligo"]), build=build))
+#: the registry entry (registered by :mod:`growkit.ops`)
+LIGO = Method(**vars(CATALOG["ligo"]), builder=build)

@@ -12,7 +12,9 @@ class GrowthOperator(nn.Module):
     """An ``nn.Module`` whose ``forward()`` materialises the target's canonical tensors.
 
     The source weights are held as buffers (frozen: they never receive gradients);
-    only the operator's own parameters are fit. ``materialize`` gives the plain
+    only the operator's own parameters are fit. The buffers share the canonical
+    view's tensors (which :meth:`~growkit.arch.Adapter.to_canonical` already
+    copied out of the model), so the source is not held twice. ``materialize`` gives the plain
     target weights once fitting is done, after which the operator is thrown away.
 
     The forward always computes in fp32: calling the operator turns off any
@@ -33,7 +35,7 @@ class GrowthOperator(nn.Module):
         self.source_meta = source.with_tensors({k: v.detach() for k, v in source.tensors.items()})
         self.target_dims = target_dims
         for i, (name, tensor) in enumerate(source.tensors.items()):
-            self.register_buffer(f"source_{i}", tensor.detach().clone(), persistent=False)
+            self.register_buffer(f"source_{i}", tensor.detach(), persistent=False)
         self._source_names = list(source.tensors)
 
     def source_tensor(self, name: str) -> torch.Tensor:
@@ -42,12 +44,17 @@ class GrowthOperator(nn.Module):
     def forward(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def target_facts(self) -> dict:
+        """The ``extra`` of the target's canonical view: the source's facts and the start's layer sources."""
+        if self.layer_source is None:
+            return dict(self.source_meta.extra)
+        return {**self.source_meta.extra, "layer_source": self.layer_source}
+
     @torch.no_grad()
     def materialize(self) -> Canonical:
         """The target's canonical weights as plain tensors (no graph attached)."""
         tensors = {k: v.detach().clone().contiguous() for k, v in self().items()}
         canon = self.source_meta.with_tensors(tensors, self.target_dims)
-        if self.layer_source is not None:
-            canon.extra = {**canon.extra, "layer_source": self.layer_source}
+        canon.extra = self.target_facts()
         canon.validate()
         return canon

@@ -192,6 +192,39 @@ def widen(
     return src.with_tensors(out, _width_dims(src, tgt_dims))
 
 
+@dataclass(frozen=True)
+class WidthOperator:
+    """A registered width operator: how units are chosen, its default noise, and whether new units borrow (AKI)."""
+
+    name: str
+    strategy: str  #: "random" copies (Net2Net) or "tile" (exact, integer factors)
+    noise: float = 0.0  #: the default symmetry-breaking noise, relative to each matrix's std
+    knowledge_from_next_layer: bool = False  #: bert2BERT AKI: new output units read layer l+1
+
+    def check(self, src: Dims, tgt: Dims, *, family: str, rms_norm: bool) -> None:
+        """Refuse, from the sizes alone and before any weight is read, sizes this operator cannot reach."""
+        if self.strategy == "tile":
+            check_factors(src, tgt, note="width 'zero' (exact's choice here) grows RMSNorm models to any size"
+                          if rms_norm else "")
+
+    def start(self, src: Canonical, tgt_dims: Dims, *, noise: float | None = None,
+              seed: int = 0) -> tuple[WidthMap, dict[str, Tensor]]:
+        """The copy map and the cancelling noise this operator applies (see :func:`width_start`)."""
+        return width_start(src, tgt_dims, self.strategy, noise=self.noise if noise is None else noise, seed=seed)
+
+    def __call__(self, src: Canonical, tgt_dims: Dims, *, noise: float | None = None, seed: int = 0) -> Canonical:
+        return widen(src, tgt_dims, self.strategy, noise=self.noise if noise is None else noise,
+                     knowledge_from_next_layer=self.knowledge_from_next_layer, seed=seed)
+
+
+#: the unit-copying width operators (zero-extension is the other kind: :mod:`~growkit.ops.zero_width`)
+COPYING_OPERATORS: dict[str, WidthOperator] = {op.name: op for op in (
+    WidthOperator("net2net", "random", noise=0.01),
+    WidthOperator("aki", "random", knowledge_from_next_layer=True),
+    WidthOperator("tile", "tile", noise=0.01),
+)}
+
+
 def _next_layer(t: Tensor) -> Tensor:
     order = torch.clamp(torch.arange(t.shape[0]) + 1, max=t.shape[0] - 1)
     return t.index_select(0, order)

@@ -56,6 +56,7 @@ rescaling holds.)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -124,6 +125,28 @@ def check_query_groups(src: Dims, tgt: Dims) -> None:
             f"({src.heads}/{src.kv_heads} -> {tgt.heads}/{tgt.kv_heads} heads): exact growth keeps every old query "
             f"head with its own kv head; choose at most {tgt.heads // group_src} kv heads"
         )
+
+
+@dataclass(frozen=True)
+class ZeroWidthOperator:
+    """A registered width operator of the second kind: zero-extension, exact at any width on RMSNorm models."""
+
+    name: str
+    new_weights: str = "random"  #: what entries that read zeros hold (see the module docstring)
+    noise: float = 1.0  #: the std of random new inputs, relative to each source tensor's std
+
+    def check(self, src: Dims, tgt: Dims, *, family: str, rms_norm: bool) -> None:
+        """Refuse LayerNorm models and shrinking query groups, from the sizes alone, before any weight is read."""
+        if not rms_norm:
+            raise GrowError(f"width operator {self.name}: {layer_norm_refusal(family)}")
+        check_query_groups(src, tgt)
+
+    def __call__(self, src: Canonical, tgt_dims: Dims, *, noise: float | None = None, seed: int = 0) -> Canonical:
+        return zero_extend(src, tgt_dims, new_weights=self.new_weights, noise=self.noise if noise is None else noise,
+                           seed=seed)
+
+
+ZERO = ZeroWidthOperator("zero")
 
 
 def _writes_to_residual(axis: str, side: str | None) -> bool:

@@ -1,7 +1,7 @@
 """A chunked ring map run in one reused workspace, with a hand-written backward.
 
 Why: a map whose intermediates do not fit in memory is cut into chunks along one
-core's target axis (:func:`growkit.ops.mango_contract.ring_map`). Run through
+core's target axis (:func:`growkit.ops.ring.execute.ring_map`). Run through
 autograd, every step of every chunk, and of its recomputation in the backward
 pass, allocates a fresh multi-GB intermediate. Memory a process has not touched
 yet is expensive: on the development VM a fresh GiB costs 0.2-3 s to fill,
@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from .mango_contract import Plan, Step
+from .plan import Plan, Step
 
 Tensor = torch.Tensor
 
