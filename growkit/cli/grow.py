@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
             "examples:\n"
             "  growkit grow small/ big/ --method exact --hidden 256 --layers 8\n"
             "  growkit grow small/ big/ --method stackbert --width aki --layers 8\n"
-            "  growkit grow small/ big/ --method mango --rank 1 --layers 8 --hidden 256 --data corpus.txt --steps 100\n"
+            "  growkit grow small/ big/ --method mango --layers 8 --hidden 256 --data corpus.txt --steps 100\n"
             "  growkit grow small/ big/ --method ligo --layers 8 --dry-run\n"
             "  torchrun --nproc_per_node 2 -m growkit grow small/ big/ --method ligo --layers 8   # a 2-process fit"
         ),
@@ -83,10 +83,11 @@ def add_parser(sub) -> None:
                          f"a 100-step fit, on {FitConfig.eval_batches} batches held out from the data) without a new best, and keep the best "
                          f"operator, the start included; 0 turns the check off (default: {FIT_DEFAULTS['patience']})")
     learned.add_argument("--rank", type=int, help="Mango tensor-ring rank (mango only; default: the smallest that holds --init: 1, or 2 for net2net, bert2bert, exact)")
-    learned.add_argument("--init", help="start from this operator (e.g. stackbert, net2net, bert2bert)")
+    learned.add_argument("--init", help="start from this operator (e.g. stackbert, net2net, bert2bert; "
+                         "default: net2net for mango, LiGO's own stackbert_noisy for ligo)")
     learned.add_argument("--split", choices=("even", "keep"),
                          help="mango only: how the start shares a copied unit's outgoing weights: even (Net2Net's "
-                         "1/copies) or keep (the original keeps them, new copies start silent); both keep the function")
+                         "1/copies) or keep (the original keeps them, new copies start silent; the default); both keep the function")
     add_device_option(learned, "the fit (the operator always computes in fp32)")
     add_checkpoint_option(learned, "fit (into OUT_DIR.partial/, removed once OUT_DIR is written)")
     add_data_options(p)
