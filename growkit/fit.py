@@ -136,7 +136,7 @@ def fit(
     """Train only ``operator``'s parameters for ``config.steps`` steps on the target's loss.
 
     ``model`` is a target-shaped model used as the function to call; its own
-    weights are ignored. With ``config.first_check`` the first ``eval_batches``
+    weights are ignored. With ``config.check_steps()`` the first ``eval_batches``
     batches are held out: the operator's loss on them is checked at step 0 and
     at ``config.check_steps()``, the fit stops after ``patience`` checks without a
     new best, and the best operator checked (the start included) is the one kept.
@@ -222,8 +222,8 @@ def fit(
                                          weight, items)
         return loss, distributed.all_reduce_sum(loss.detach().float().clone()).item()
 
-    holdout = list(itertools.islice(batch_stream(data, seed), config.eval_batches)) if config.first_check else []
     check_steps = set(config.check_steps())
+    holdout = list(itertools.islice(batch_stream(data, seed), config.eval_batches)) if check_steps else []
 
     def check(step: int) -> bool:
         """Record the held-out loss at ``step``, keep the best operator; True when the fit should stop."""

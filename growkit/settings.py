@@ -92,7 +92,8 @@ class FitConfig:
     #: and the last step is checked too; 0: no held-out check
     first_check: int = 5
     eval_batches: int = 4  #: held-out batches, taken from the head of the data and never fit on
-    patience: int = 2  #: stop after this many held-out checks without a new best; the best operator is kept
+    #: stop after this many held-out checks without a new best; the best operator is kept; 0: no held-out check
+    patience: int = 2
 
     def check(self) -> None:
         """Refuse settings that cannot run, before any work."""
@@ -101,8 +102,8 @@ class FitConfig:
         for name in ("first_check", "eval_batches", "patience", "warmup", "clip", "weight_decay"):
             if getattr(self, name) < 0:
                 raise GrowError(f"fit {name} must not be negative, got {getattr(self, name)}")
-        if self.first_check and (self.eval_batches < 1 or self.patience < 1):
-            raise GrowError("a held-out check (first_check > 0) needs eval_batches >= 1 and patience >= 1")
+        if self.first_check and self.patience and self.eval_batches < 1:
+            raise GrowError("a held-out check (first_check and patience > 0) needs eval_batches >= 1")
         if self.lr <= 0:
             raise GrowError(f"fit lr must be positive, got {self.lr}")
 
@@ -112,7 +113,7 @@ class FitConfig:
         Doubling intervals make the check cheap on a long fit and quick to stop
         one that only hurts (from a function-preserving start: after 10 steps).
         """
-        if not self.first_check or not self.steps:
+        if not (self.first_check and self.patience and self.steps):
             return []
         steps, at = [], self.first_check
         while at < self.steps:

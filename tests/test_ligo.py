@@ -289,6 +289,7 @@ def test_held_out_checks_come_early_then_at_doubling_intervals():
     assert FitConfig(steps=100).check_steps() == [5, 10, 20, 40, 80, 100]
     assert FitConfig(steps=3).check_steps() == [3] and FitConfig(steps=0).check_steps() == []
     assert FitConfig(steps=100, first_check=0).check_steps() == []
+    assert FitConfig(steps=100, patience=0).check_steps() == []  # patience 0 turns the check off too
 
 
 def test_bad_fit_settings_are_refused_before_any_work():

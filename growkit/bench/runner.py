@@ -359,7 +359,7 @@ class Runner:
         elif learned:
             fit_steps, fit_lr, patience = settings["fit_steps"], settings["fit_lr"], settings["fit_patience"]
             fit_config = FitConfig(steps=fit_steps, lr=fit_lr, progress=bool(self.spec.progress), device=p.device,
-                                   patience=patience, first_check=FitConfig.first_check if patience else 0)
+                                   patience=patience)
             self.log(f"[seed {seed}] {entry}: fitting the operator for {fit_steps} steps")
             start = time.perf_counter()
             model, result = grow(source, target_config, method, seed=seed, data=data, fit_config=fit_config,

@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     data = task_data(args, model.config, tokenizer)
     # grow() claims the checkpoint folder (lock, identity) and resumes from it
     fit_config = FitConfig(steps=args.steps, lr=args.lr, progress=sys.stderr.isatty(), device=device,
-                           patience=args.patience, first_check=FitConfig.first_check if args.patience else 0)
+                           patience=args.patience)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)  # reported below as an error
         grown, result = grow(model, config, args.method, seed=args.seed, data=data, fit_config=fit_config,
