@@ -45,15 +45,14 @@ def _head_selection(src: Dims, tgt: Dims, strategy: str, gen: torch.Generator) -
 
 
 def _tile_map(src: Packing, tgt: Packing, split: str) -> Tensor:
-    """S_B of a start (B1 x B2): target tile (r, c) copies (r mod rows1, c mod cols1); .in tiles split."""
+    """S_B of a start (B1 x B2): target tile (r, c) copies (r mod rows1, c mod cols1); .in tiles shared by ``split``."""
     out = torch.zeros(src.blocks, tgt.blocks, dtype=torch.float64)
     for name in src.matrices:
         (a1, b1), (a2, b2) = src.grid[name], tgt.grid[name]
         r2, c2 = torch.arange(a2)[:, None], torch.arange(b2)[None, :]
-        copies = torch.bincount(torch.arange(a2) % a1, minlength=a1).double()
         rows = src.offset[name] + (r2 % a1) * b1 + c2 % b1
         cols = tgt.offset[name] + r2 * b2 + c2
-        share = 1 / copies[r2 % a1] if split == "even" else (r2 < a1).double()
+        share = _split_matrix(torch.arange(a2) % a1, a1, split).sum(0)[:, None]  # each row tile's share of its source
         out[rows.reshape(-1), cols.reshape(-1)] = share.expand(a2, b2).reshape(-1)
     return out
 
