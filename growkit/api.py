@@ -83,14 +83,17 @@ def grow(
     if not spec.learned:
         canon = grow_fixed(source, tgt_dims, width, depth or spec.depth, seed=seed, **options)
         return adapter.from_canonical(canon, config, model_class)
-    if data is None:
+    fit_config = fit_config or FitConfig(steps=spec.fit_steps if steps is None else steps, lr=spec.fit_lr)
+    if data is None and fit_config.steps:
         raise GrowError(
             f"{method} is fit on the target's loss and needs data: pass data= (an iterable of batch dicts "
             "with labels), or --data PATH on the command line"
         )
     operator = spec.build(source, tgt_dims, seed=seed, **options)
     model = model_class(adapter.grown_config(config, operator.target_facts()))  # the fit's function, then the grown model
-    fit_config = fit_config or FitConfig(steps=100 if steps is None else steps)
+    if not fit_config.steps:  # the operator's start, materialised: nothing to fit, checkpoint or claim
+        grown = adapter.load_canonical(model, operator.materialize())
+        return (grown, FitResult(operator)) if return_fit else grown
     with contextlib.ExitStack() as stack:
         if checkpoint_dir is not None:
             run = {"command": "grow", "source": digest_tensors(source.tensors), "data": data_digest(data),

@@ -13,7 +13,7 @@ from growkit.arch.tiny import tiny_model
 from growkit.cli import COMMANDS, build_parser, main
 from growkit.core.errors import GrowError
 from growkit.data import embedded_text
-from growkit.io import save_pretrained
+from growkit.io import load_pretrained, save_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,15 @@ def test_learned_grow_writes_the_model_and_its_tokenizer(base, tmp_path, capsys)
     torch.manual_seed(0)  # the model and its tokenizer train on (run a step) with `growkit train`
     assert main(["train", str(out), "--out", str(tmp_path / "t"), "--steps", "1", "--batch-size", "4",
                  "--seq-len", "16", "--data", str(base / "text.txt"), "--no-progress"]) == 0
+
+
+def test_mango_by_default_grows_its_start_without_data(base, tmp_path, capsys):
+    out = tmp_path / "big"
+    assert main(["grow", str(base / "small"), str(out), "--method", "mango", "--hidden", "64", "--layers", "4"]) == 0
+    assert "fit 0 steps: the operator's start" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]
+    grown = load_pretrained(out)
+    assert (grown.config.n_layer, grown.config.n_embd) == (4, 64)
 
 
 def test_help_and_methods_do_not_import_torch():

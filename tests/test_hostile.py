@@ -162,6 +162,8 @@ CASES = [
      r"--steps does not apply to exact \(a fixed method\); exact takes --noise, --width, --depth$"),
     ("fixed-with-device", good, [*GROW, "--method", "net2net", "--device", "cpu"], r"--device does not apply to net2net"),
     ("ligo-with-rank", good, [*LIGO, *TEXT, "--rank", "4"], r"--rank does not apply to ligo \(a learned method\)"),
+    ("mango-start-with-data", good, [*GROW, "--method", "mango", *TEXT],
+     r"mango with 0 fit steps takes its start and fits nothing, so --data would be ignored; pass --steps N to fit"),
     ("method-typo", good, [*GROW, "--method", "mangoo"], r"unknown method 'mangoo'; did you mean 'mango'\?"),
     ("hidden-not-head-multiple", good, [*GROW[:3], "--hidden", "100"],
      r"--hidden 100 is not a multiple of the source's head_dim 8: .* such as 96 or 104$"),

@@ -500,3 +500,19 @@ def test_a_keep_split_silences_the_new_copies_and_keeps_the_function(family):
     assert (logits(big, inputs) - logits(model, inputs)).abs().max() < 1e-5  # big is built in fp32
     with pytest.raises(GrowError, match="split must be one of"):
         MangoOperator(src, tgt, split="half")
+
+
+def test_the_default_takes_the_start_with_no_data_and_keeps_the_function():
+    """Mango's default fits nothing (measured best): grow() needs no data and returns the start."""
+    model = tiny_model("llama", seed=3)
+    grown, result = growkit.grow(model, {"hidden_size": 128, "num_hidden_layers": 4}, "mango", return_fit=True)
+    assert result.losses == [] and result.held_out == []
+    adapter = adapter_for(model)
+    start = MangoOperator(adapter.to_canonical(model), adapter.dims(grown.config), seed=0).materialize()
+    tensors = adapter.to_canonical(grown).tensors
+    assert tensors.keys() == start.tensors.keys()
+    assert all(torch.equal(tensors[name], start.tensors[name]) for name in tensors)
+    inputs = model_inputs(model)  # Net2Net copies move RMSNorm's mean square a little; identity layers add nothing
+    assert (logits(grown, inputs) - logits(model, inputs)).abs().max() < 0.05
+    with pytest.raises(GrowError, match="needs data"):  # asking for a fit still needs data
+        growkit.grow(model, {"hidden_size": 128}, "mango", steps=5)

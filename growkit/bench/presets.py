@@ -70,8 +70,8 @@ class Preset:
     target: Size
     source_budget: Budget  #: the small model's pretraining
     budget: Budget  #: every target's training (scratch and grown alike)
-    fit_steps: int = 100  #: learned operators' fit steps
-    fit_lr: float = 1e-3  #: learned operators' own learning rate
+    fit_steps: int = 100  #: the fit steps of learned methods that fit by default (mango takes its start unless a variant says)
+    fit_lr: float | None = None  #: the operators' own learning rate for every learned method; None: each method's default
     seq_len: int = 64
     batch_size: int = 16
     vocab_size: int = 2048  #: BPE vocabulary trained on the text (text families)
@@ -129,20 +129,20 @@ def _presets(family: str) -> dict[str, Preset]:
         "smoke", family, Size(1, 32, 2), Size(2, 64, 4),
         source_budget=Budget(steps=20, lr=3e-3, warmup=4, eval_every=10),
         budget=Budget(steps=20, lr=3e-3, warmup=4, eval_every=5),
-        fit_steps=3, fit_lr=1e-3, seq_len=32, batch_size=8, vocab_size=300, text_chars=100_000,
+        fit_steps=3, seq_len=32, batch_size=8, vocab_size=300, text_chars=100_000,
         image_size=8, patch_size=4, eval_batches=2,
     )
     tiny = Preset(
         "tiny", family, Size(2, 64, 4), Size(4, 128, 8),
         source_budget=Budget(steps=1000, lr=3e-3, warmup=40, eval_every=100),
         budget=Budget(steps=1000, lr=2e-3, warmup=40, eval_every=25),
-        fit_steps=100, fit_lr=1e-3, seq_len=64, batch_size=16, vocab_size=2048,
+        fit_steps=100, seq_len=64, batch_size=16, vocab_size=2048,
     )
     small = Preset(
         "small", family, Size(6, 256, 4), Size(12, 512, 8),
         source_budget=Budget(steps=4000, lr=1e-3, warmup=200, eval_every=250),
         budget=Budget(steps=6000, lr=6e-4, warmup=200, eval_every=100),
-        fit_steps=100, fit_lr=1e-3, seq_len=128, batch_size=32, vocab_size=8192, device="auto",
+        fit_steps=100, seq_len=128, batch_size=32, vocab_size=8192, device="auto",
     )
     if family_adapter(family).objective == IMAGE:  # digits: 1,797 images; patches of 4 on 16x16 -> 17 positions
         # a 30% held-out split (539 images, all evaluated) keeps the eval loss from being a few lucky images

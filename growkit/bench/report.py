@@ -278,7 +278,8 @@ def report_markdown(summary: dict) -> str:
         f"- data: {data} ({shape}); eval on the same {p['eval_batches']} held-out batches for every run",
         f"- every target trains {b['steps']} steps: AdamW lr {b['lr']:g}, warmup {b['warmup']}, {b['schedule']} decay "
         f"to {b['min_lr_ratio']:g}x, eval every {b['eval_every']} steps; same data order within a seed",
-        f"- learned operators fit up to {p['fit_steps']} steps at lr {p['fit_lr']:g} on the same data, keeping the best "
+        f"- learned operators that fit by default (ligo; mango takes its start unless a variant sets fit_steps) "
+        f"fit up to {p['fit_steps']} steps at lr {p['fit_lr'] or 'their own default'} on the same data, keeping the best "
         f"operator on held-out batches of the training data (checked at step 0 and after steps "
         f"{', '.join(map(str, FitConfig(steps=p['fit_steps']).check_steps()))}; "
         f"stopped after {FitConfig.patience} checks without a new best; variants may change this with fit_patience); their measured FLOPs, checks included, "

@@ -106,9 +106,11 @@ class BenchSpec:
         """The settings one run depends on beyond :meth:`settings`."""
         settings: dict = {"options": variant.options}
         if learned:
-            settings["fit_steps"] = variant.fit.get("fit_steps", self.preset.fit_steps)
-            settings["fit_lr"] = variant.fit.get("fit_lr", self.preset.fit_lr)
-            settings["fit_patience"] = variant.fit.get("fit_patience", FitConfig.patience)
+            method = get_method(variant.method)
+            settings["fit_steps"] = variant.fit.get("fit_steps", self.preset.fit_steps if method.fit_steps else 0)
+            if settings["fit_steps"]:  # a start (mango's default) depends on neither
+                settings["fit_lr"] = variant.fit.get("fit_lr", self.preset.fit_lr or method.fit_lr)
+                settings["fit_patience"] = variant.fit.get("fit_patience", FitConfig.patience)
         return settings
 
     def fingerprint(self) -> str:
@@ -357,10 +359,12 @@ class Runner:
             model = model_class(target_config)(target_config)
             grow_seconds, fit_flops = 0.0, 0.0
         elif learned:
-            fit_steps, fit_lr, patience = settings["fit_steps"], settings["fit_lr"], settings["fit_patience"]
+            fit_steps = settings["fit_steps"]
+            fit_lr, patience = settings.get("fit_lr", FitConfig.lr), settings.get("fit_patience", FitConfig.patience)
             fit_config = FitConfig(steps=fit_steps, lr=fit_lr, progress=bool(self.spec.progress), device=p.device,
                                    patience=patience)
-            self.log(f"[seed {seed}] {entry}: fitting the operator for {fit_steps} steps")
+            self.log(f"[seed {seed}] {entry}: " + (f"fitting the operator for {fit_steps} steps" if fit_steps
+                                                     else "materialising the operator's start (no fit)"))
             start = time.perf_counter()
             model, result = grow(source, target_config, method, seed=seed, data=data, fit_config=fit_config,
                                  return_fit=True, **options)

@@ -52,8 +52,10 @@ def add_parser(sub) -> None:
     g.add_argument("--lr", type=float, help="every target's peak learning rate")
     g.add_argument("--schedule", choices=("cosine", "linear", "constant"), help="every target's lr decay")
     g.add_argument("--source-steps", type=int, help="the source's pretraining steps")
-    g.add_argument("--fit-steps", type=int, help="learned operators' fit steps")
-    g.add_argument("--fit-lr", type=float, help="learned operators' learning rate")
+    g.add_argument("--fit-steps", type=int, help="fit steps of the learned methods that fit by default (ligo; "
+                   "mango takes its start unless a variant such as mango+fit_steps=100 says)")
+    g.add_argument("--fit-lr", type=float, help="every learned operator's learning rate (default: each method's own, "
+                   "1e-3 for ligo and 1e-4 for mango)")
     g.add_argument("--option", action="append", default=[], metavar="METHOD:KEY=VALUE",
                    help="a grow() option for one method, e.g. mango:rank=2 or ligo:init=stackbert (repeatable)")
     g.add_argument("--device", choices=("cpu", "auto"), help="training device (default: the preset's; small uses auto)")

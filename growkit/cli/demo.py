@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     p = spec.preset
     print(f"growkit demo: GPT-2 {p.source} -> {p.target} on the built-in corpus; methods: {', '.join(DEMO_METHODS)}")
     print(f"the small model pretrains {p.source_budget.steps} steps; every target trains {p.budget.steps} steps; "
-          f"learned operators fit {p.fit_steps} steps first; {spec.jobs} worker process(es)\n", flush=True)
+          f"ligo fits {p.fit_steps} steps first, mango takes its start; {spec.jobs} worker process(es)\n", flush=True)
     start = time.perf_counter()
     result = run_bench(spec, args.out, log=lambda line: print(line, flush=True))
     summary = write_report(result)

@@ -38,7 +38,7 @@ SIZE_FLAGS = {
 FIXED_OPTIONS = ("width", "depth")
 FIT_OPTIONS = ("steps", "lr", "patience", "checkpoint_every", "device", "data", "batch_size", "seq_len")
 #: what a learned method's fit uses when the options are not given
-FIT_DEFAULTS = {"steps": FitConfig.steps, "lr": FitConfig.lr, "patience": FitConfig.patience, "device": "auto",
+FIT_DEFAULTS = {"patience": FitConfig.patience, "device": "auto",
                 "batch_size": 16}
 
 
@@ -76,8 +76,10 @@ def add_parser(sub) -> None:
     p.add_argument("--noise", type=float, help="symmetry-breaking noise, relative to each matrix's std (every method; "
                    "for exact's zero-extended width, the std of the new inputs, default 1)")
     learned = p.add_argument_group("learned methods (ligo, mango; a fixed method refuses these)")
-    learned.add_argument("--steps", type=int, help=f"fit steps (default: {FIT_DEFAULTS['steps']})")
-    learned.add_argument("--lr", type=float, help=f"the operator's learning rate (default: {FIT_DEFAULTS['lr']})")
+    learned.add_argument("--steps", type=int, help=f"fit steps (default: {CATALOG['ligo'].fit_steps} for ligo; "
+                         f"{CATALOG['mango'].fit_steps} for mango: its function-preserving start, no data needed)")
+    learned.add_argument("--lr", type=float, help=f"the operator's learning rate (default: {CATALOG['ligo'].fit_lr:g} "
+                         f"for ligo, {CATALOG['mango'].fit_lr:g} for mango)")
     learned.add_argument("--patience", type=int,
                          help=f"stop the fit after this many held-out checks (at steps {FitConfig(steps=100).check_steps()} of "
                          f"a 100-step fit, on {FitConfig.eval_batches} batches held out from the data) without a new best, and keep the best "
@@ -131,6 +133,16 @@ def check_options(args: argparse.Namespace) -> None:
     method.check_options(given, FIT_OPTIONS if method.learned else FIXED_OPTIONS,
                          spell=lambda name: "--" + name.replace("_", "-"))
     if method.learned:
+        if args.steps is None:
+            args.steps = method.fit_steps
+        if args.steps == 0:  # the operator's start: nothing to fit, so the fit's options would be ignored
+            unused = [name for name in FIT_OPTIONS if name != "steps" and getattr(args, name) is not None]
+            if unused:
+                flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+                raise GrowError(f"{args.method} with 0 fit steps takes its start and fits nothing, so {flags} "
+                                "would be ignored; pass --steps N to fit")
+        if args.lr is None:
+            args.lr = method.fit_lr
         for name, value in FIT_DEFAULTS.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
@@ -207,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         distributed.barrier()
         distributed.on_main(grow_fixed)
         return 0
-    data = task_data(args, model.config, tokenizer)
+    data = task_data(args, model.config, tokenizer) if args.steps else None
     # grow() claims the checkpoint folder (lock, identity) and resumes from it
     fit_config = FitConfig(steps=args.steps, lr=args.lr, progress=sys.stderr.isatty(), device=device,
                            patience=args.patience)
@@ -225,16 +237,18 @@ def run(args: argparse.Namespace) -> int:
             f"written and {kept}; try a lower --lr"
         )
     # the grown model keeps the tokenizer it was fit with (the source's, or the BPE trained on the data)
-    distributed.on_main(save_model, grown, out, src=src, tokenizer=tokenizer or data.tokenizer, overwrite=args.overwrite)
+    distributed.on_main(save_model, grown, out, src=src, tokenizer=tokenizer or (data and data.tokenizer),
+                        overwrite=args.overwrite)
     if not main:
         return 0
     remove(partial)  # renamed away first: a kill now leaves no half-deleted checkpoint folder
     print(describe("grown", grown.config))
-    print(f"fit {len(result.losses)} steps: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses else "fit 0 steps")
+    print(f"fit {len(result.losses)} steps: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses
+          else "fit 0 steps: the operator's start (--steps N fits it)")
     if result.held_out:
         held = dict(result.held_out)
         stop = f"; stopped early at step {result.stopped_at}" if result.stopped_at else ""
         print(f"held-out loss {held[0]:.4f} at the start, {held[result.best_step]:.4f} at step {result.best_step} "
               f"(the operator kept){stop}")
-    print(f"saved to {out} (fit on {resolved_device(device)})")
+    print(f"saved to {out}" + (f" (fit on {resolved_device(device)})" if args.steps else ""))
     return 0

@@ -51,6 +51,10 @@ class MethodInfo:
 
     ``uneven_width`` is the width operator used instead of ``width`` where a
     growth factor is not a whole number (``exact``: zero-extension, for RMSNorm models).
+    ``fit_steps`` and ``fit_lr`` are how long and how fast a learned method fits
+    when not told: 0 steps means it returns its start (and needs no data), which
+    is Mango's measured best; asked to fit, Mango does best at a tenth of LiGO's
+    lr (see :mod:`growkit.ops.mango.operator`).
     """
 
     name: str
@@ -59,6 +63,8 @@ class MethodInfo:
     depth: str | None = None
     options: tuple[Option, ...] = field(default=(NOISE,))
     uneven_width: str | None = None
+    fit_steps: int = 100
+    fit_lr: float = 1e-3
 
     @property
     def learned(self) -> bool:
@@ -96,8 +102,9 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
                "tile", "identity", uneven_width="zero"),
     MethodInfo("ligo", "LiGO: learned width and depth maps, fit on the target's loss (init: stackbert_noisy or a "
                "fixed method)", options=(INIT, NOISE)),
-    MethodInfo("mango", "Mango: learned tensor-ring (multi-linear) growth operator of rank R, fit on the target's loss",
-               options=(RANK, INIT, NOISE, SPLIT)),
+    MethodInfo("mango", "Mango: learned tensor-ring (multi-linear) growth operator of rank R; by default its "
+               "function-preserving start (Net2Net width, new copies silent, identity layers), fit with --steps N",
+               options=(RANK, INIT, NOISE, SPLIT), fit_steps=0, fit_lr=1e-4),
 )}
 #: every option some method takes, in the order the command line checks them
 OPTION_NAMES = tuple(dict.fromkeys(option.name for method in CATALOG.values() for option in method.options))
