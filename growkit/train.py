@@ -151,7 +151,8 @@ def _prepare_out(out_dir: Path | None, resume: bool, cfg: TrainConfig) -> Path |
         return None
     out_dir = Path(out_dir)
     check_out_dir(out_dir, cfg, resume)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:  # a resumable run's folder is made when it is claimed, once every process agrees on the run
+        out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
 
 
@@ -320,7 +321,7 @@ def train(
     distributed.setup(device)
     if distributed.world_size() > 1:
         distributed.check_batch(data.batch_size)
-    out_dir = distributed.on_main(_prepare_out, out_dir, resume, cfg)  # rank 0 creates it; its refusal stops every rank
+    out_dir = distributed.on_main(_prepare_out, out_dir, resume, cfg)  # rank 0 checks it; its refusal stops every rank
     with contextlib.ExitStack() as stack:
         if resume:  # named by the starting weights, so before a checkpoint's are loaded into the model
             _claim_out(stack, out_dir, run_identity(model, data, cfg), cfg.steps)
