@@ -321,7 +321,8 @@ def train(
     distributed.setup(device)
     if distributed.world_size() > 1:
         distributed.check_batch(data.batch_size)
-    out_dir = distributed.on_main(_prepare_out, out_dir, resume, cfg)  # rank 0 checks it; its refusal stops every rank
+    # rank 0 checks the folder (and makes it, without resume); its refusal stops every rank
+    out_dir = distributed.on_main(_prepare_out, out_dir, resume, cfg)
     with contextlib.ExitStack() as stack:
         if resume:  # named by the starting weights, so before a checkpoint's are loaded into the model
             _claim_out(stack, out_dir, run_identity(model, data, cfg), cfg.steps)
