@@ -14,6 +14,11 @@ items, so the update is the single-process one (see :mod:`growkit.distributed`);
 losses are reduced over the processes and only rank 0 writes. On CUDA the forward
 runs under bf16 autocast (Accelerate's mixed precision) with SDPA attention; on
 the CPU everything stays fp32 (see :mod:`growkit.device`).
+
+A resumable run (``resume=True``) claims its folder itself, with the pieces of
+:mod:`growkit.resumable`: the folder checks, the run's identity in ``run.json``,
+the lock, numbered checkpoints written save-then-barrier and per-process RNG
+state. ``growkit train`` only parses its arguments and calls :func:`train`.
 """
 from __future__ import annotations
 
@@ -35,14 +40,14 @@ from transformers import PreTrainedModel
 from . import distributed
 from .arch import predicts_next_token
 from .core.errors import GrowError
-from .data import TaskData, TokenTaskData
+from .data import TaskData, TokenTaskData, data_digest
 from .device import resolve_device, training_precision, use_attention
 from .flops import batch_tokens, flops_per_batch
 from .io import STATE_FILE, load_pretrained, load_training_state, save_pretrained
 from .progress import progress_bar
-from .resumable.atomic import atomic_write_text
+from .resumable.atomic import atomic_write_text, remove
 from .resumable.checkpoints import all_finite, numbered, prune, save_checkpoint
-from .resumable.folder import check_unused, digest_tensors
+from .resumable.folder import check_unused, claim, digest_tensors, read_run
 from .resumable.rng import restore_rng
 from .settings import TrainConfig
 
@@ -124,6 +129,19 @@ def _config(model: torch.nn.Module):
     return model.config
 
 
+def check_out_dir(out_dir: Path, cfg: TrainConfig, resume: bool) -> None:
+    """Refuse a bad output folder before any work (the command runs this before it loads the model).
+
+    A new or empty folder is fine. With ``resume`` so is one that holds a run
+    (``run.json``) which ``cfg`` may go on with (see :func:`resume_point`);
+    whether it is this very run is checked when :func:`train` claims it.
+    Nothing in the folder is touched.
+    """
+    out_dir = Path(out_dir)
+    if check_unused(out_dir, allowed=resume and read_run(out_dir) is not None):
+        resume_point(out_dir, cfg)
+
+
 def _prepare_out(out_dir: Path | None, resume: bool, cfg: TrainConfig) -> Path | None:
     if out_dir is None:
         if resume:
@@ -132,10 +150,59 @@ def _prepare_out(out_dir: Path | None, resume: bool, cfg: TrainConfig) -> Path |
             raise GrowError(f"reporting to {', '.join(cfg.report_to)} needs an out_dir to write to")
         return None
     out_dir = Path(out_dir)
-    if check_unused(out_dir, allowed=resume):
-        resume_point(out_dir, cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out_dir, cfg, resume)
+    if not resume:  # a resumable run's folder is made when it is claimed, once every process agrees on the run
+        out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
+
+
+#: config entries that describe a model's files, not what it computes
+_STORAGE_FACTS = ("architectures", "dtype", "torch_dtype", "transformers_version")
+
+
+def run_identity(model: PreTrainedModel, data: TaskData | TokenTaskData, cfg: TrainConfig) -> dict:
+    """What a resumable run is, for its ``run.json``: the starting weights and config, the data and the settings.
+
+    The config leaves out what only says how the model was stored (its dtype,
+    class names, library version), so the same weights loaded another way are
+    the same run.
+    """
+    config = {k: v for k, v in json.loads(model.config.to_json_string(use_diff=True)).items()
+              if not k.startswith("_") and k not in _STORAGE_FACTS}
+    return {"command": "train", "model": {"weights": digest_tensors(model.state_dict()), "config": config},
+            "data": data_digest(data), "settings": _comparable(asdict(cfg))}
+
+
+def _extends(old: dict | None, new: dict) -> bool:
+    """Whether run.json ``old`` is the run ``new`` with fewer steps (an extension, which :func:`resume_point` vetted)."""
+    if old is None or not isinstance(old.get("settings"), dict):
+        return False
+    canon = json.loads(json.dumps(new))
+    shorter = {**canon, "settings": {**canon["settings"], "steps": old["settings"].get("steps")}}
+    return old == shorter and old["settings"]["steps"] < canon["settings"]["steps"]
+
+
+def _claim_out(stack: contextlib.ExitStack, out_dir: Path, run: dict, steps: int) -> None:
+    """Every process agrees on ``run``; rank 0 claims ``out_dir`` (identity and lock) for the stack's life.
+
+    A run extended to ``steps`` drops the shorter run's ``final`` (its last
+    checkpoint keeps that model, and the longer run writes its own).
+    """
+    distributed.check_same(run, "the model, data or settings")
+    distributed.barrier()
+
+    def claim_folder() -> None:
+        extending = _extends(read_run(out_dir), run)
+        claim(stack, out_dir, run, "training run", extending=extending)
+        found = latest_checkpoint(out_dir)
+        if extending:
+            remove(out_dir / "final")
+            print(f"extending the run from step {found[0]} to {steps} (constant schedule: the same as an "
+                  f"uninterrupted {steps}-step run)", file=sys.stderr)
+        elif found:
+            print(f"resuming from step {found[0]} ({found[1]})", file=sys.stderr)
+
+    distributed.on_main(claim_folder)
 
 
 #: settings that may change between a run and its resumption (they do not change the result)
@@ -232,12 +299,17 @@ def train(
     at a checkpoint) stops the run early (``diverged_at``), without saving a
     final model; the checkpoints written before stay.
 
-    With ``resume=True`` ``out_dir`` may hold an unfinished run of the same
-    settings: training continues from its newest checkpoint (weights,
-    optimiser, scheduler, RNG states, data position and counters), and the
-    result equals an uninterrupted run's bit for bit on the same machine.
-    Without a checkpoint the run starts over. A finished run with a constant
-    schedule is extended by a larger ``cfg.steps`` (see :func:`resume_point`).
+    With ``resume=True`` the run claims ``out_dir``: it records what the run
+    is in ``run.json`` (see :func:`run_identity`) and locks the folder while it
+    trains, so another run's checkpoints and a second process on the same
+    folder are refused. A folder holding this run's checkpoints goes on from
+    the newest (weights, optimiser, scheduler, RNG states, data position and
+    counters), and the result equals an uninterrupted run's bit for bit on the
+    same machine; ``model`` must hold the run's starting weights (the
+    checkpoint's are loaded into it). Without a checkpoint the run starts over.
+    A finished run with a constant schedule is extended by a larger
+    ``cfg.steps`` (see :func:`resume_point`). A run without ``resume`` writes
+    no ``run.json`` and so cannot be resumed.
 
     ``final`` holds only the model and its tokenizer; the resumable state of
     the last step is kept in ``checkpoint-<step>`` when checkpoints are on.
@@ -247,10 +319,21 @@ def train(
     cfg.check()
     device = resolve_device(cfg.device)
     distributed.setup(device)
-    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
-    if world > 1:
+    if distributed.world_size() > 1:
         distributed.check_batch(data.batch_size)
-    out_dir = distributed.on_main(_prepare_out, out_dir, resume, cfg)  # rank 0 creates it; its refusal stops every rank
+    # rank 0 checks the folder (and makes it, without resume); its refusal stops every rank
+    out_dir = distributed.on_main(_prepare_out, out_dir, resume, cfg)
+    with contextlib.ExitStack() as stack:
+        if resume:  # named by the starting weights, so before a checkpoint's are loaded into the model
+            _claim_out(stack, out_dir, run_identity(model, data, cfg), cfg.steps)
+        return _run(model, data, cfg, out_dir, device, resume=resume, flops_offset=flops_offset,
+                    seconds_offset=seconds_offset)
+
+
+def _run(model: PreTrainedModel, data: TaskData | TokenTaskData, cfg: TrainConfig, out_dir: Path | None,
+         device: torch.device, *, resume: bool, flops_offset: float, seconds_offset: float) -> TrainResult:
+    """The loop of :func:`train`, in the folder it prepared (and claimed, when it resumes)."""
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
     torch.manual_seed(cfg.seed + rank)  # dropout: one stream per process (the data order is the global one)
     done, state = 0, None
     found = latest_checkpoint(out_dir) if resume else None

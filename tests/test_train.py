@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -78,6 +79,44 @@ def test_checkpoints_reload_with_the_same_logits(data, tmp_path):
         assert torch.equal(load_pretrained(final)(ids).logits, expected)
     with pytest.raises(GrowError, match="not empty"):
         train(gpt2(), data, TrainConfig(steps=1, **FAST), run)
+
+
+def _curve(folder) -> list[dict]:
+    """A run's metrics without the wall-clock fields."""
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "tokens_per_s")} for line in lines]
+
+
+def test_python_train_claims_its_run_folder(data, tmp_path, capsys):
+    """``train(..., resume=True)`` records its run, resumes it bit-exactly, and refuses another run's
+    checkpoints (other settings, other starting weights) and a folder in use, touching nothing in it."""
+    from growkit.resumable.folder import run_lock
+
+    cfg = TrainConfig(steps=4, eval_every=2, checkpoint_every=2, **FAST)
+    reference = gpt2()
+    train(reference, data, cfg, tmp_path / "ref")
+    run = tmp_path / "run"
+    train(gpt2(), data, cfg, run, resume=True)
+    assert json.loads((run / "run.json").read_text())["command"] == "train"
+    for name in ("final", "checkpoint-4"):  # as if killed after its step-2 checkpoint
+        shutil.rmtree(run / name)
+    capsys.readouterr()
+    resumed = gpt2()
+    train(resumed, data, cfg, run, resume=True)
+    assert "resuming from step 2" in capsys.readouterr().err
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()))
+    assert _curve(run) == _curve(tmp_path / "ref")
+    for name in ("final", "checkpoint-4"):
+        shutil.rmtree(run / name)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(GrowError, match="other training settings"):
+        train(gpt2(), data, TrainConfig(steps=4, eval_every=2, checkpoint_every=2, warmup=5, lr=1e-3, progress=False),
+              run, resume=True)
+    with pytest.raises(GrowError, match=r"holds a checkpoint of a different training run \(it differs in: model.weights\)"):
+        train(tiny_model("gpt2", vocab_size=VOCAB, n_embd=64, seed=1), data, cfg, run, resume=True)
+    with run_lock(run), pytest.raises(GrowError, match="in use by another growkit process"):
+        train(gpt2(), data, cfg, run, resume=True)
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_grad_accum_steps_on_the_global_batch_and_counts_its_flops(data, tmp_path):

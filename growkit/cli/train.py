@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from ..core.catalog import PRECISIONS, REPORTERS
@@ -96,34 +92,14 @@ def on_interrupt(args: argparse.Namespace) -> str:
     return resume_hint(found[1] if found else args.out, found[0] if found else None)
 
 
-def _check_out(out: Path, cfg: TrainConfig) -> None:
-    """Refuse an output folder that holds anything but a run this command goes on with (resumed or extended)."""
-    from ..resumable.folder import check_unused, read_run
-    from ..train import resume_point
-
-    if check_unused(out, allowed=read_run(out) is not None):
-        resume_point(out, cfg)
-
-
-def _extends(old: dict | None, new: dict) -> bool:
-    """Whether run.json ``old`` is this run with fewer steps (an extension, which :func:`resume_point` vetted)."""
-    if old is None or not isinstance(old.get("settings"), dict):
-        return False
-    canon = json.loads(json.dumps(new))
-    shorter = {**canon, "settings": {**canon["settings"], "steps": old["settings"].get("steps")}}
-    return old == shorter and old["settings"]["steps"] < canon["settings"]["steps"]
-
-
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
     from ..arch import IMAGE, adapter_for
-    from ..resumable.atomic import remove
-    from ..resumable.folder import claim, digest_model_folder, read_run
-    from ..data import build_task_data, data_digest, load_tokenizer
+    from ..data import build_task_data, load_tokenizer
     from ..device import resolve_device
     from ..estimate import check_memory, train_estimate
     from ..io import load_config, load_pretrained, model_class
-    from ..train import latest_checkpoint, train
+    from ..train import check_out_dir, latest_checkpoint, train
 
     out = args.out
     check_apart(args.model_dir, out, "--out")
@@ -145,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.dry_run:
         distributed.setup(resolve_device(device))  # under torchrun / accelerate launch: join the group
         distributed.check_batch(args.batch_size)
-        _check_out(out, cfg)  # every process checks before rank 0 writes anything (the barrier below)
+        check_out_dir(out, cfg, resume=True)  # refused before the model is loaded; train() claims the folder
     config = load_config(args.model_dir)
     adapter = adapter_for(config)
     name = model_class(config).__name__
@@ -168,26 +144,7 @@ def run(args: argparse.Namespace) -> int:
         adapter.family, path=None if args.data in (None, "digits") else args.data, tokenizer=tokenizer,
         config=model.config, seq_len=seq_len, batch_size=args.batch_size,
     )
-    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
-                if k not in ("checkpoint_every", "keep_checkpoints", "progress", "report_to")}
-    run_id = {"command": "train", "model": digest_model_folder(args.model_dir), "data": data_digest(data), "settings": settings}
-    distributed.check_same(run_id, "the model, data or settings")
-    distributed.barrier()
-    with contextlib.ExitStack() as stack:
-
-        def claim_out() -> None:  # rank 0 only: the run folder, its identity and its lock
-            extending = out.is_dir() and _extends(read_run(out), run_id)
-            claim(stack, out, run_id, "training run", extending=extending)
-            found = latest_checkpoint(out)
-            if extending:  # OUT/final is the shorter run's model; checkpoint-<step> keeps it, and the longer run replaces it
-                remove(out / "final")
-                print(f"extending the run from step {found[0]} to {cfg.steps} (constant schedule: the same as an "
-                      f"uninterrupted {cfg.steps}-step run)", file=sys.stderr)
-            elif found:
-                print(f"resuming from step {found[0]} ({found[1]})", file=sys.stderr)
-
-        distributed.on_main(claim_out)
-        result = train(model, data, cfg, out, resume=True)
+    result = train(model, data, cfg, out, resume=True)  # claims OUT (identity, lock) and resumes or extends it
     if not distributed.is_main():  # rank 0 reports (and the launcher sees its exit code)
         return 0 if result.diverged_at is None else 1
     if result.diverged_at is not None:

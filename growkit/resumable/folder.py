@@ -20,28 +20,8 @@ RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 
 
-def digest_files(paths) -> str:
-    """sha256 over the names and bytes of ``paths`` (missing ones are skipped)."""
-    h = hashlib.sha256()
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            continue
-        h.update(path.name.encode() + b"\0")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def digest_model_folder(folder: Path) -> str:
-    """What a run started from: the config and every safetensors file of a model folder."""
-    folder = Path(folder)
-    return digest_files([folder / "config.json", *sorted(folder.glob("*.safetensors"))])
-
-
 def digest_tensors(tensors: dict[str, torch.Tensor] | list) -> str:
-    """sha256 of tensors' names, shapes, dtypes and bytes (the data a run trains on)."""
+    """sha256 of tensors' names, shapes, dtypes and bytes (the weights a run starts from, the data it trains on)."""
     h = hashlib.sha256()
     items = tensors.items() if isinstance(tensors, dict) else enumerate(tensors)
     for key, t in items:
