@@ -75,10 +75,11 @@ class FitConfig:
     from its function-preserving start for no benefit over 100 steps.
 
     The held-out check keeps the best operator seen, the start included, so a fit
-    cannot leave the target worse than its start on data it never fit on. From a
-    function-preserving start the fit measured so far only raised the target's
-    loss (GPT-2 tiny, the deep-source bed; BENCHMARKS.md), so the first checks
-    come early and such a fit stops after 10 steps.
+    cannot leave the target worse than its start on data it never fit on; the first
+    checks come early so a fit that only hurts stops after 10 steps. ``steps`` and
+    ``lr`` here are the generic values: each method names its own defaults in the
+    catalog (Mango takes its function-preserving start with no fit, and fits at
+    1e-4 when asked; BENCHMARKS.md, "Mango's default recipe").
     """
 
     steps: int = 100

@@ -7,6 +7,7 @@ from pathlib import Path
 from statistics import mean
 
 from ..arch import IMAGE, family_adapter
+from ..core.catalog import CATALOG
 from ..settings import FitConfig
 from .runner import BenchResult
 from .savings import CURVE_FRACTIONS, Comparison, Curve, compare, convergence, savings_curve
@@ -262,6 +263,12 @@ def warnings(summary: dict) -> list[str]:
     return out
 
 
+def _fit_defaults(steps: int, lr: float | None) -> str:
+    """How each learned method fits by default in this preset: its own lr unless the preset sets one."""
+    return "; ".join(f"{m.name}: up to {steps} steps at lr {lr or m.fit_lr:g}" if m.fit_steps else
+                     f"{m.name}: no fit, its start" for m in CATALOG.values() if m.learned)
+
+
 def report_markdown(summary: dict) -> str:
     info, p = summary["info"], summary["preset"]
     b, sb = p["budget"], p["source_budget"]
@@ -278,8 +285,8 @@ def report_markdown(summary: dict) -> str:
         f"- data: {data} ({shape}); eval on the same {p['eval_batches']} held-out batches for every run",
         f"- every target trains {b['steps']} steps: AdamW lr {b['lr']:g}, warmup {b['warmup']}, {b['schedule']} decay "
         f"to {b['min_lr_ratio']:g}x, eval every {b['eval_every']} steps; same data order within a seed",
-        f"- learned operators that fit by default (ligo; mango takes its start unless a variant sets fit_steps) "
-        f"fit up to {p['fit_steps']} steps at lr {p['fit_lr'] or 'their own default'} on the same data, keeping the best "
+        f"- learned operators fit on the same data ({_fit_defaults(p['fit_steps'], p['fit_lr'])}; a variant may set "
+        "fit_steps and fit_lr), keeping the best "
         f"operator on held-out batches of the training data (checked at step 0 and after steps "
         f"{', '.join(map(str, FitConfig(steps=p['fit_steps']).check_steps()))}; "
         f"stopped after {FitConfig.patience} checks without a new best; variants may change this with fit_patience); their measured FLOPs, checks included, "
