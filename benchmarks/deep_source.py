@@ -11,7 +11,8 @@ real checkpoint"). This bed reproduces that situation at CPU scale:
 
 For every entry it prints the held-out loss of the grown model before any training
 (the start) and, for learned methods, after ``--fit-steps`` fit steps, each beside
-the source's own held-out loss. Entries use the bench's variant syntax
+the source's own held-out loss; a method fits as ``grow`` fits it unless ``--fit-steps``
+or ``--fit-lr`` says otherwise. Entries use the bench's variant syntax
 (``mango+init=stackbert``, ``ligo+fit_steps=50``; the fit keeps its default held-out check,
 which keeps the best operator, the start included); fixed methods also take
 ``+depth=...`` / ``+width=...`` to move the new layers (stack: on top, interpolate:
@@ -82,7 +83,8 @@ def source_model(out: Path, data, steps: int) -> tuple[LlamaForCausalLM, dict]:
     return load_pretrained(folder / "train" / "final"), json.loads(record_file.read_text())
 
 
-def grow_entry(entry: str, source, target_config, data, fit_steps: int, fit_lr: float, seed: int) -> dict:
+def grow_entry(entry: str, source, target_config, data, fit_steps: int | None, fit_lr: float | None,
+               seed: int) -> dict:
     """Held-out loss of ``entry``'s start and, for a learned method, after its fit."""
     variant = parse_variant(entry)
     adapter = adapter_for(source)
@@ -99,10 +101,12 @@ def grow_entry(entry: str, source, target_config, data, fit_steps: int, fit_lr: 
     operator = method.build(canon, tgt, seed=seed, **options)
     template = adapter.from_canonical(operator.materialize(), target_config, type(source))
     row["start"] = evaluate(template, data.eval_batches, torch.device("cpu"))
-    steps = variant.fit.get("fit_steps", fit_steps)
+    steps = variant.fit.get("fit_steps", method.fit_steps if fit_steps is None else fit_steps)
+    if not steps:  # the method's default takes its start: what grow returns is the start above
+        return row
+    lr = variant.fit.get("fit_lr", method.fit_lr if fit_lr is None else fit_lr)
     begin = time.perf_counter()
-    result = fit(operator, template, adapter, data,
-                 FitConfig(steps=steps, lr=variant.fit.get("fit_lr", fit_lr), progress=False), seed=seed)
+    result = fit(operator, template, adapter, data, FitConfig(steps=steps, lr=lr, progress=False), seed=seed)
     grown = adapter.from_canonical(operator.materialize(), target_config, type(source))
     row.update(fit=evaluate(grown, data.eval_batches, torch.device("cpu")), fit_steps=len(result.losses),
                fit_s=time.perf_counter() - begin, first_fit_loss=result.losses[0], last_fit_loss=result.losses[-1],
@@ -126,8 +130,10 @@ def main() -> None:
     parser.add_argument("--out", default="runs/deep-source", help="cache folder (tokenizer, source; each run writes rows-seed<k>.json)")
     parser.add_argument("--methods", default=METHODS, help="comma-separated methods or variants")
     parser.add_argument("--pretrain-steps", type=int, default=PRETRAIN.steps)
-    parser.add_argument("--fit-steps", type=int, default=20, help="fit steps of learned methods (default 20)")
-    parser.add_argument("--fit-lr", type=float, default=1e-3)
+    parser.add_argument("--fit-steps", type=int, default=None,
+                        help="fit steps of learned methods (default: each method's own, as grow runs it: ligo 100, "
+                             "mango 0, its start)")
+    parser.add_argument("--fit-lr", type=float, default=None, help="the fit's lr (default: each method's own)")
     args, out, data = parse_and_load(parser)
     source, record = source_model(out, data, args.pretrain_steps)
     base = evaluate(source, data.eval_batches, torch.device("cpu"))

@@ -57,8 +57,10 @@ def grow(
     Fixed methods may swap either half with ``width=`` / ``depth=``; ``exact``
     zero-extends the width where a growth factor is not whole (RMSNorm models;
     see :func:`growkit.ops.choose_width`). Learned
-    methods (``ligo``, ``mango``) need ``data`` (batches with labels) and fit for
-    ``steps`` steps (default 100); ``return_fit=True`` also returns their :class:`FitResult`.
+    methods (``ligo``, ``mango``) fit for ``steps`` steps on ``data`` (batches with
+    labels); each method has its own default (ligo 100; mango 0: it returns its
+    function-preserving start and needs no data). ``return_fit=True`` also returns
+    their :class:`FitResult`.
     An argument the method would ignore (``data=`` for a fixed method, ``rank=``
     for ligo) is refused.
     With ``checkpoint_dir`` and ``checkpoint_every`` the fit checkpoints there and
@@ -84,7 +86,12 @@ def grow(
         canon = grow_fixed(source, tgt_dims, width, depth or spec.depth, seed=seed, **options)
         return adapter.from_canonical(canon, config, model_class)
     fit_config = fit_config or FitConfig(steps=spec.fit_steps if steps is None else steps, lr=spec.fit_lr)
-    if data is None and fit_config.steps:
+    if not fit_config.steps:
+        ignored = [name for name in ("data", "checkpoint_dir") if given[name] is not None]
+        if ignored:
+            raise GrowError(f"{method} with 0 fit steps takes its start and fits nothing, so "
+                            f"{' and '.join(n + '=' for n in ignored)} would be ignored; pass steps=N to fit")
+    elif data is None:
         raise GrowError(
             f"{method} is fit on the target's loss and needs data: pass data= (an iterable of batch dicts "
             "with labels), or --data PATH on the command line"

@@ -516,3 +516,5 @@ def test_the_default_takes_the_start_with_no_data_and_keeps_the_function():
     assert (logits(grown, inputs) - logits(model, inputs)).abs().max() < 0.05
     with pytest.raises(GrowError, match="needs data"):  # asking for a fit still needs data
         growkit.grow(model, {"hidden_size": 128}, "mango", steps=5)
+    with pytest.raises(GrowError, match=r"takes its start and fits nothing, so data= would be ignored"):
+        growkit.grow(model, {"hidden_size": 128}, "mango", data=[{"input_ids": inputs["input_ids"]}])
