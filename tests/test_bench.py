@@ -392,6 +392,19 @@ def test_cli_parses_seeds_and_options():
         parse_options(["rank=2"])
 
 
+def test_cli_grown_schedule_goes_to_the_preset_and_bad_values_are_refused():
+    from growkit.cli import build_parser
+    from growkit.cli.bench import build_spec
+
+    parse = build_parser().parse_args
+    spec = build_spec(parse(["bench", "--preset", "smoke", "--grown-lr", "1e-3", "--grown-warmup", "5"]))
+    assert spec.preset.grown_train == {"train_lr": 1e-3, "train_warmup": 5}
+    assert spec.preset.budget == get_preset("gpt2", "smoke").budget  # scratch's schedule is untouched
+    for bad in (["--grown-lr", "0"], ["--grown-warmup", "-1"]):
+        with pytest.raises(GrowError, match="--grown-lr/--grown-warmup: train_"):
+            build_spec(parse(["bench", "--preset", "smoke", *bad]))
+
+
 def test_cli_bench_smoke(tmp_path, capsys):
     from growkit.cli import main
 
@@ -429,10 +442,41 @@ def test_variant_parsing():
     for bad in ("mango+rank", "scratch+rank=2", "ligo+fit_steps=-1", "+rank=2"):
         with pytest.raises(GrowError):
             parse_variant(bad)
+    v = parse_variant("scratch+train_lr=3e-3+train_warmup=5")  # one point of scratch's lr sweep
+    assert v.train == {"train_lr": 0.003, "train_warmup": 5} and not v.options and not v.fit
+    for bad in ("scratch+train_lr=0", "net2net+train_warmup=-1", "net2net+train_warmup=1.5"):
+        with pytest.raises(GrowError, match="train_"):
+            parse_variant(bad)
     from growkit.bench import runner
 
     with pytest.raises(GrowError, match="learned"):
         runner.resolve_methods(["exact+fit_steps=3"])
+
+
+def test_grown_targets_take_their_own_schedule_and_scratch_keeps_the_budget(smoke):
+    """--grown-lr: one shared schedule for every grown target; scratch and the earlier runs are reused."""
+    out, first, _, _ = smoke
+    preset = get_preset("gpt2", "smoke").replace(grown_train={"train_lr": 1e-4, "train_warmup": 0})
+    spec = BenchSpec(preset, methods=["scratch", "exact+noise=0.02", "exact+noise=0.02+train_lr=2e-4"],
+                     seeds=[0], threads=1)
+    assert spec.fingerprint() == _spec().fingerprint()  # a per-run setting: the benchmark stays the same
+    lines = []
+    result = run_bench(spec, out, log=lines.append)
+    assert (0, "scratch") not in result.trained  # scratch trains as before, so it is reused
+    runs = result.runs[0]
+    assert runs["exact+noise=0.02"]["run_settings"]["train"] == {"train_lr": 1e-4, "train_warmup": 0}
+    assert runs["exact+noise=0.02+train_lr=2e-4"]["run_settings"]["train"] == {"train_lr": 2e-4, "train_warmup": 0}
+    peak = {name: max(r["lr"] for r in runs[name]["history"] if "lr" in r) for name in runs}
+    assert peak["exact+noise=0.02"] == pytest.approx(1e-4, rel=0.02)  # logged after the step's decay
+    assert peak["exact+noise=0.02+train_lr=2e-4"] == pytest.approx(2e-4, rel=0.02)
+    assert peak["scratch"] == pytest.approx(preset.budget.lr, rel=0.02)
+    first_lr = [r["lr"] for r in runs["exact+noise=0.02"]["history"] if "lr" in r][0]
+    assert first_lr == pytest.approx(1e-4, rel=0.02)  # no warm-up: the peak from the first step
+    assert [r["lr"] for r in runs["scratch"]["history"] if "lr" in r][0] <= preset.budget.lr / 2  # scratch warms up
+    assert "every grown target trains with peak lr 0.0001, warmup 0 instead" in report_markdown(summarise(result))
+    # the plain entry already ran with the preset's schedule: changing it under the same name is refused
+    with pytest.raises(GrowError, match="variant"):
+        run_bench(BenchSpec(preset, methods=["exact"], seeds=[0], threads=1), out, log=lambda _: None)
 
 
 def test_cli_demo_runs_the_reduced_bench_and_keeps_its_models(tmp_path, capsys, monkeypatch):

@@ -69,7 +69,7 @@ class Preset:
     source: Size
     target: Size
     source_budget: Budget  #: the small model's pretraining
-    budget: Budget  #: every target's training (scratch and grown alike)
+    budget: Budget  #: every target's training (scratch and grown alike, unless grown_train says)
     fit_steps: int = 100  #: the fit steps of learned methods that fit by default (mango takes its start unless a variant says)
     fit_lr: float | None = None  #: the operators' own learning rate for every learned method; None: each method's default
     seq_len: int = 64
@@ -82,6 +82,9 @@ class Preset:
     eval_fraction: float = 0.1  #: held-out share of the data (its eval set is at most eval_batches batches)
     device: str = "cpu"
     method_options: dict = field(default_factory=dict)  #: per-method grow() options, e.g. {"mango": {"rank": 1}}
+    #: the grown targets' own schedule, e.g. {"train_lr": 1e-3, "train_warmup": 10}: a grown model starts
+    #: trained, so the peak lr and warm-up tuned for scratch need not suit it; scratch keeps ``budget``
+    grown_train: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> "Preset":
         """A copy with some fields changed; ``budget_*``/``source_*`` keys change a budget's fields."""

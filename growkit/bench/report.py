@@ -269,6 +269,15 @@ def _fit_defaults(steps: int, lr: float | None) -> str:
                      f"{m.name}: no fit, its start" for m in CATALOG.values() if m.learned)
 
 
+def _grown_schedule(grown: dict) -> str:
+    """The grown targets' own schedule, where the benchmark gives them one (``--grown-lr``/``--grown-warmup``)."""
+    if not grown:
+        return ""
+    parts = [f"peak lr {grown['train_lr']:g}" if "train_lr" in grown else "",
+             f"warmup {grown['train_warmup']}" if "train_warmup" in grown else ""]
+    return f"; every grown target trains with {', '.join(p for p in parts if p)} instead (scratch keeps the above)"
+
+
 def report_markdown(summary: dict) -> str:
     info, p = summary["info"], summary["preset"]
     b, sb = p["budget"], p["source_budget"]
@@ -284,7 +293,8 @@ def report_markdown(summary: dict) -> str:
         f"({info['target_params']:,} parameters); methods: {', '.join(info['methods'])}; seeds: {', '.join(map(str, seeds))}",
         f"- data: {data} ({shape}); eval on the same {p['eval_batches']} held-out batches for every run",
         f"- every target trains {b['steps']} steps: AdamW lr {b['lr']:g}, warmup {b['warmup']}, {b['schedule']} decay "
-        f"to {b['min_lr_ratio']:g}x, eval every {b['eval_every']} steps; same data order within a seed",
+        f"to {b['min_lr_ratio']:g}x, eval every {b['eval_every']} steps; same data order within a seed"
+        + _grown_schedule(p.get("grown_train") or {}),
         f"- learned operators fit on the same data ({_fit_defaults(p['fit_steps'], p['fit_lr'])}; a variant may set "
         "fit_steps and fit_lr), keeping the best "
         f"operator on held-out batches of the training data (checked at step 0 and after steps "

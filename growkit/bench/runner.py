@@ -31,6 +31,7 @@ rank 0 writes to OUT.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -68,7 +69,7 @@ from .variants import Variant, parse_variant
 DEFAULT_METHODS = ("scratch", "stackbert", "interpolate", "net2net", "bert2bert", "exact", "ligo", "mango")
 DONE = "DONE"
 #: preset fields that only some runs depend on; recorded per run, not in the benchmark's fingerprint
-PER_RUN = ("fit_steps", "fit_lr", "method_options")
+PER_RUN = ("fit_steps", "fit_lr", "method_options", "grown_train")
 SOURCE_DATA_SEED = 10_000  #: the source trains on train_batches(SOURCE_DATA_SEED + seed), not the targets' order
 
 
@@ -105,6 +106,9 @@ class BenchSpec:
     def run_settings(self, variant: Variant, learned: bool) -> dict:
         """The settings one run depends on beyond :meth:`settings`."""
         settings: dict = {"options": variant.options}
+        train = {**(self.preset.grown_train if variant.method != "scratch" else {}), **variant.train}
+        if train:  # recorded only where it differs from the budget, so earlier runs stay reusable
+            settings["train"] = train
         if learned:
             method = get_method(variant.method)
             settings["fit_steps"] = variant.fit.get("fit_steps", self.preset.fit_steps if method.fit_steps else 0)
@@ -390,7 +394,10 @@ class Runner:
             model.train()
             measured = {"analytic": flops_per_batch(target_config, batch), "measured": measure_flops(model, batch)}
         cfg = p.budget.config(seed, p.device, self.spec.progress)
-        self.log(f"[seed {seed}] {entry}: training {cfg.steps} steps")
+        cfg = dataclasses.replace(cfg, **{key.removeprefix("train_"): value
+                                          for key, value in settings.get("train", {}).items()})
+        self.log(f"[seed {seed}] {entry}: training {cfg.steps} steps"
+                 + (f" (peak lr {cfg.lr:g}, warm-up {cfg.warmup})" if "train" in settings else ""))
         result = train(model, data, cfg, folder / "train", flops_offset=fit_flops, seconds_offset=grow_seconds)
         if not self.spec.keep_models and result.final_dir is not None and distributed.is_main():
             shutil.rmtree(result.final_dir, ignore_errors=True)

@@ -7,8 +7,10 @@ A benchmark entry is a method name, or a method name with ``+key=value`` parts::
     mango+fit_lr=3e-3+init=interpolate
 
 ``fit_steps``, ``fit_lr`` and ``fit_patience`` (held-out checks without a new best
-before the fit stops; 0 turns the check off) set the fit (learned methods only); every other key
-is a ``grow()`` option of the method. A variant trains its target exactly like
+before the fit stops; 0 turns the check off) set the fit (learned methods only);
+``train_lr`` and ``train_warmup`` set the target's peak lr and warm-up (any entry,
+scratch included: ``scratch+train_lr=3e-3`` is one point of an lr sweep); every other key
+is a ``grow()`` option of the method. Otherwise a variant trains its target exactly like
 every other run (the same TrainConfig and data order), so an ablation of an
 operator's recipe reuses the benchmark's scratch and fixed-method runs.
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from ..core.errors import GrowError
 
 FIT_KEYS = ("fit_steps", "fit_lr", "fit_patience")
+TRAIN_KEYS = ("train_lr", "train_warmup")  #: the target's schedule, as TrainConfig's lr and warmup
 
 
 def parse_value(text: str):
@@ -39,6 +42,7 @@ class Variant:
     method: str
     options: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)  #: train_lr / train_warmup
 
 
 def parse_variant(entry: str, defaults: dict | None = None) -> Variant:
@@ -46,17 +50,26 @@ def parse_variant(entry: str, defaults: dict | None = None) -> Variant:
     method, *parts = entry.strip().split("+")
     if not method:
         raise GrowError(f"empty method name in {entry!r}")
-    options, fit = dict(defaults or {}), {}
+    options, fit, train = dict(defaults or {}), {}, {}
     for part in parts:
         key, eq, value = part.partition("=")
         if not (eq and key):
             raise GrowError(f"{entry!r}: variant parts take key=value (e.g. mango+rank=2), not {part!r}")
-        (fit if key in FIT_KEYS else options)[key] = parse_value(value)
+        (fit if key in FIT_KEYS else train if key in TRAIN_KEYS else options)[key] = parse_value(value)
+    check_train(train, entry)
     for key in ("fit_steps", "fit_patience"):
         if key in fit and (not isinstance(fit[key], int) or fit[key] < 0):
             raise GrowError(f"{entry!r}: {key} must be a non-negative integer")
     if "fit_lr" in fit and (not isinstance(fit["fit_lr"], (int, float)) or fit["fit_lr"] <= 0):
         raise GrowError(f"{entry!r}: fit_lr must be positive")
     if method == "scratch" and (options or fit):
-        raise GrowError("scratch takes no options: it is a fresh random init of the target")
-    return Variant(entry.strip(), method, options, fit)
+        raise GrowError("scratch takes no options but train_lr and train_warmup: it is a fresh random init of the target")
+    return Variant(entry.strip(), method, options, fit, train)
+
+
+def check_train(train: dict, where: str) -> None:
+    """Refuse a schedule that cannot train: train_lr positive, train_warmup a non-negative integer."""
+    if "train_lr" in train and (not isinstance(train["train_lr"], (int, float)) or train["train_lr"] <= 0):
+        raise GrowError(f"{where}: train_lr must be positive")
+    if "train_warmup" in train and (not isinstance(train["train_warmup"], int) or train["train_warmup"] < 0):
+        raise GrowError(f"{where}: train_warmup must be a non-negative integer")

@@ -31,7 +31,9 @@ def add_parser(sub) -> None:
             "  growkit bench --family gpt2 --preset tiny-long --seeds 3 --jobs 2 --progress\n"
             "  growkit bench --family vit --preset tiny --methods scratch,bert2bert,ligo --data digits\n"
             "  growkit bench --family gpt2 --preset tiny --methods scratch,mango,mango+rank=2,mango+fit_steps=300\n"
-            "  growkit bench --family gpt2 --preset tiny --lr 1e-3 --out runs/bench-gpt2-tiny-lr1e-3"
+            "  growkit bench --family gpt2 --preset tiny --lr 1e-3 --out runs/bench-gpt2-tiny-lr1e-3\n"
+            "  growkit bench --family gpt2 --preset tiny --grown-lr 1e-3 --methods scratch,net2net,mango "
+            "--out runs/bench-gpt2-tiny-grown-lr1e-3"
         ),
     )
     p.add_argument("--family", default="gpt2",
@@ -40,7 +42,8 @@ def add_parser(sub) -> None:
                    help="sizes and budgets (default tiny)")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated methods, or variants such as mango+rank=2 or ligo+fit_steps=300 "
-                   f"(fit_steps, fit_lr or a grow() option); scratch always runs (default {DEFAULT_METHODS})")
+                   f"(fit_steps, fit_lr, train_lr, train_warmup or a grow() option); scratch always runs "
+                   f"(default {DEFAULT_METHODS})")
     p.add_argument("--seeds", default="1", help="number of seeds (0..N-1), or a comma-separated list such as 0,3 (default 1)")
     p.add_argument("--out", type=Path, help="output folder (default runs/bench-<family>-<preset>)")
     p.add_argument("--data", help="text file or folder, or a tokens folder from `growkit tokenize` (gpt2, bert, "
@@ -51,6 +54,10 @@ def add_parser(sub) -> None:
     g.add_argument("--steps", type=int, help="every target's training steps")
     g.add_argument("--lr", type=float, help="every target's peak learning rate")
     g.add_argument("--schedule", choices=("cosine", "linear", "constant"), help="every target's lr decay")
+    g.add_argument("--grown-lr", type=float, help="every grown target's peak learning rate (scratch keeps --lr or the "
+                   "preset's; a variant's train_lr= wins); one shared recipe for the grown models")
+    g.add_argument("--grown-warmup", type=int, help="every grown target's warm-up steps (scratch keeps the preset's; "
+                   "a variant's train_warmup= wins)")
     g.add_argument("--source-steps", type=int, help="the source's pretraining steps")
     g.add_argument("--fit-steps", type=int, help="fit steps of the learned methods that fit by default (ligo; "
                    "mango takes its start unless a variant such as mango+fit_steps=100 says)")
@@ -103,6 +110,7 @@ def parse_options(items: list[str]) -> dict[str, dict]:
 
 def build_spec(args: argparse.Namespace):
     from ..bench import BenchSpec, get_preset
+    from ..bench.variants import check_train
 
     preset = get_preset(args.family, args.preset)
     changes = {}
@@ -122,6 +130,11 @@ def build_spec(args: argparse.Namespace):
     options = parse_options(args.option)
     if options:
         changes["method_options"] = {**preset.method_options, **options}
+    grown = {key: value for key, value in (("train_lr", args.grown_lr), ("train_warmup", args.grown_warmup))
+             if value is not None}
+    if grown:
+        check_train(grown, "--grown-lr/--grown-warmup")
+        changes["grown_train"] = grown
     preset = preset.replace(**changes)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unused = sorted(set(options) - {m.split("+", 1)[0] for m in methods})
