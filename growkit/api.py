@@ -85,13 +85,12 @@ def grow(
     if not spec.learned:
         canon = grow_fixed(source, tgt_dims, width, depth or spec.depth, seed=seed, **options)
         return adapter.from_canonical(canon, config, model_class)
-    fit_config = fit_config or FitConfig(steps=spec.fit_steps if steps is None else steps, lr=spec.fit_lr)
-    if not fit_config.steps:
-        ignored = [name for name in ("data", "checkpoint_dir") if given[name] is not None]
-        if ignored:
-            raise GrowError(f"{method} with 0 fit steps takes its start and fits nothing, so "
-                            f"{' and '.join(n + '=' for n in ignored)} would be ignored; pass steps=N to fit")
-    elif data is None:
+    if fit_config is None:
+        if data is not None and steps is None and not spec.fit_steps:  # data given, so a fit was likely meant
+            raise GrowError(f"{method} by default takes its start and fits nothing, so data= would be ignored; "
+                            "pass steps=N to fit (or steps=0 to take the start anyway)")
+        fit_config = FitConfig(steps=spec.fit_steps if steps is None else steps, lr=spec.fit_lr)
+    if data is None and fit_config.steps:
         raise GrowError(
             f"{method} is fit on the target's loss and needs data: pass data= (an iterable of batch dicts "
             "with labels), or --data PATH on the command line"

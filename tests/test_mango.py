@@ -516,5 +516,8 @@ def test_the_default_takes_the_start_with_no_data_and_keeps_the_function():
     assert (logits(grown, inputs) - logits(model, inputs)).abs().max() < 0.05
     with pytest.raises(GrowError, match="needs data"):  # asking for a fit still needs data
         growkit.grow(model, {"hidden_size": 128}, "mango", steps=5)
-    with pytest.raises(GrowError, match=r"takes its start and fits nothing, so data= would be ignored"):
-        growkit.grow(model, {"hidden_size": 128}, "mango", data=[{"input_ids": inputs["input_ids"]}])
+    batches = [{"input_ids": inputs["input_ids"], "labels": inputs["input_ids"]}]
+    with pytest.raises(GrowError, match=r"by default takes its start and fits nothing, so data= would be ignored"):
+        growkit.grow(model, {"hidden_size": 128, "num_hidden_layers": 4}, "mango", data=batches)
+    on_purpose = growkit.grow(model, {"hidden_size": 128, "num_hidden_layers": 4}, "mango", data=batches, steps=0)
+    assert all(torch.equal(a, b) for a, b in zip(on_purpose.state_dict().values(), grown.state_dict().values()))
