@@ -12,7 +12,7 @@ run() { growkit bench --threads 1 "$@"; }
 if [[ "${1:-}" == "--three-seeds" ]]; then
   # the 3-seed re-measure (issue 13): GPT-2 tiny and tiny-long, every method, two worker processes
   growkit bench --jobs 2 --family gpt2 --preset tiny --seeds 3 --methods $ALL --out runs/bench-gpt2-tiny-3seeds
-  growkit bench --jobs 2 --family gpt2 --preset tiny-long --seeds 3 --methods $ALL --out runs/bench-gpt2-tiny-long-3seeds
+  growkit bench --jobs 2 --family gpt2 --preset tiny-long --seeds 3 --methods $ALL --out runs/bench-gpt2-tiny-long-3seeds  # measured so far: scratch,net2net,bert2bert,ligo,mango
   for name in bench-gpt2-tiny-3seeds bench-gpt2-tiny-long-3seeds; do
     mkdir -p benchmarks/results/$name
     cp runs/$name/report.md runs/$name/results.json runs/$name/*.png benchmarks/results/$name/
