@@ -370,8 +370,8 @@ class Runner:
             self.log(f"[seed {seed}] {entry}: " + (f"fitting the operator for {fit_steps} steps" if fit_steps
                                                      else "materialising the operator's start (no fit)"))
             start = time.perf_counter()
-            model, result = grow(source, target_config, method, seed=seed, data=data if fit_steps else None,
-                                 fit_config=fit_config, return_fit=True, **options)
+            model, result = grow(source, target_config, method, seed=seed, data=data, fit_config=fit_config,
+                                 return_fit=True, **options)
             grow_seconds = time.perf_counter() - start
             per_step, materialise, forward = _fit_flops(result.operator, model, data, seed)
             steps, checks = len(result.losses), len(result.held_out)
