@@ -366,7 +366,7 @@ def test_tiny_long_fits_cost_at_most_five_percent_of_its_budget(family, tmp_path
     for method in ("ligo", "mango"):
         adapter = adapter_for(source)
         operator = get_method(method).build(adapter.to_canonical(source), adapter.dims(target))
-        per_step, materialise, forward = _fit_flops(operator, model_class(target)(target), data, 0)
+        per_step, materialise, forward = _fit_flops(operator, model_class(target)(target), data, 0, fitted=True)
         per_check = materialise + FitConfig.eval_batches * forward
         budget = preset.budget.steps * step
         share = (preset.fit_steps * per_step + materialise) / budget
@@ -451,6 +451,20 @@ def test_variant_parsing():
 
     with pytest.raises(GrowError, match="learned"):
         runner.resolve_methods(["exact+fit_steps=3"])
+
+
+def test_a_method_that_fits_nothing_costs_one_materialisation(smoke):
+    """Mango's default takes its start: the run pays one materialisation, records no fit lr and no step cost."""
+    out, _, _, _ = smoke
+    result = run_bench(_spec(["scratch", "exact", "mango"]), out, log=lambda _: None)
+    assert result.trained == [(0, "mango")]
+    run = result.runs[0]["mango"]
+    fit = run["fit"]
+    assert run["run_settings"]["fit_steps"] == 0 and fit["steps"] == 0 and fit["held_out"] == []
+    assert fit["lr"] is None and fit["flops_per_step"] is None and fit["flops_per_check"] is None
+    assert run["fit_flops"] == fit["flops_materialise"] > 0
+    assert run["history"][0]["flops"] == run["fit_flops"]
+    assert "mango" not in write_report(result, plots=False)["fit_per_step"]
 
 
 def test_grown_targets_take_their_own_schedule_and_scratch_keeps_the_budget(smoke):

@@ -369,7 +369,8 @@ def write_report(result: BenchResult, plots: bool = True) -> dict:
     summary = summarise(result)
     fits = {}
     for m in result.info["methods"]:
-        per = [result.runs[s][m]["fit"]["flops_per_step"] for s in result.runs if result.runs[s][m].get("fit")]
+        per = [result.runs[s][m]["fit"]["flops_per_step"] for s in result.runs
+               if (result.runs[s][m].get("fit") or {}).get("flops_per_step") is not None]
         if per:
             fits[m] = mean(per)
     summary["fit_per_step"] = fits
