@@ -10,7 +10,8 @@ import pytest
 
 from growkit.bench import BenchSpec, Curve, compare, convergence, first_reach, get_preset, run_bench, savings
 from growkit.bench.plots import seed_band
-from growkit.bench.report import PLOTS, paired, report_markdown, summarise, text_paired, text_table, warnings, write_report
+from growkit.bench.report import (PLOTS, paired, report_markdown, source_worth, summarise, text_paired, text_table, warnings,
+                                  write_report)
 from growkit.bench.savings import savings_curve
 from growkit.core.errors import GrowError
 from growkit.settings import FitConfig
@@ -122,6 +123,18 @@ def test_paired_differences_use_each_seeds_best_fixed_baseline():
     assert none == {0: None} and alone["mango"]["n"] == 0
 
 
+def test_source_worth_is_scratch_share_of_flops_to_reach_the_small_models_loss():
+    from types import SimpleNamespace
+
+    history = [{"step": i * 10, "flops": i * 100.0, "seconds": float(i), "eval_loss": loss}
+               for i, loss in enumerate([8.0, 6.0, 5.0, 4.5, 4.0])]
+    result = SimpleNamespace(runs={0: {"scratch": {"history": history}}, 1: {"scratch": {"history": history}}},
+                             sources={0: {"eval_loss": 5.5}, 1: {"eval_loss": 3.0}})
+    worth = source_worth(result)
+    assert worth[0] == pytest.approx(150.0 / 400.0)  # 5.5 lies halfway between the evals at 100 and 200 FLOPs
+    assert worth[1] is None  # scratch never reached a source that good
+
+
 def test_seed_band_interpolates_onto_a_shared_grid():
     a = {"seconds": [0.0, 10.0, 20.0], "loss": [4.0, 3.0, 2.0]}
     b = {"seconds": [1.0, 9.0, 21.0], "loss": [4.0, 2.0, 1.0]}
@@ -171,6 +184,7 @@ def test_smoke_writes_report_results_and_plots(smoke):
     assert sorted(result.trained) == [(0, m) for m in sorted(METHODS)]
     assert (out / "source-gpt2-smoke-seed0" / "DONE").is_file()
     assert "ligo" in text_table(summary)
+    assert set(data["source_worth"]) == {"0"}
 
 
 def test_smoke_curves_start_at_the_fit_cost(smoke):

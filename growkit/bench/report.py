@@ -10,7 +10,7 @@ from ..arch import IMAGE, family_adapter
 from ..core.catalog import CATALOG
 from ..settings import FitConfig
 from .runner import BenchResult
-from .savings import CURVE_FRACTIONS, Comparison, Curve, compare, convergence, savings_curve
+from .savings import CURVE_FRACTIONS, Comparison, Curve, compare, convergence, reach, savings_curve
 
 CONVERGED = 0.02  #: scratch should improve by less than this over the last fifth of its budget
 MARGIN = 0.02  #: scratch's final loss should be at least this much (relative) below the small model's
@@ -65,6 +65,22 @@ def curve_table(result: BenchResult) -> dict:
             for m in result.info["methods"]}
 
 
+def source_worth(result: BenchResult) -> dict[int, float | None]:
+    """{seed: share of scratch's FLOPs spent reaching the small model's eval loss}.
+
+    The savings of a start that sits exactly at the source's loss and then learns at scratch's
+    pace: a yardstick for what growth can carry over at this budget (a grown model that trains
+    faster than scratch can beat it). None where scratch never reached the source's loss.
+    """
+    out = {}
+    for seed, runs in result.runs.items():
+        scratch = Curve.from_history(runs["scratch"]["history"])
+        at_source = reach(scratch, result.sources[seed]["eval_loss"]).flops
+        at_end = reach(scratch, scratch.final_loss).flops
+        out[seed] = at_source / at_end if at_source is not None and at_end else None
+    return out
+
+
 def busy_runs(result: BenchResult) -> dict[int, dict[str, dict]]:
     """{seed: {method: load}} of the runs whose load average exceeded the cores (older runs have no record)."""
     out: dict[int, dict[str, dict]] = {}
@@ -117,6 +133,7 @@ def summarise(result: BenchResult) -> dict:
         "margin_below_source": {s: (result.sources[s]["eval_loss"] - per_seed[s]["scratch"].final_loss)
                                 / result.sources[s]["eval_loss"] for s in per_seed},
         "sources": sources,
+        "source_worth": source_worth(result),
         "flops_check": checks[0] if checks else None,
         "methods": table,
         "paired": pairs,
@@ -314,6 +331,12 @@ def report_markdown(summary: dict) -> str:
               "reach the target loss, interpolated linearly between evaluations; C_method includes the "
               "operator's fit. Wall time counts training steps only (not evaluation) on a shared machine, so "
               "it is noisier than FLOPs.", ""]
+    worth = summary.get("source_worth") or {}
+    if any(v is not None for v in worth.values()):
+        lines += ["The source's worth: scratch spends " + ", ".join(f"{'—' if v is None else f'{v:.1%}'} (seed {s})" for s, v in worth.items())
+                  + " of its FLOPs to reach the small model's eval loss. A start at exactly that loss that then "
+                  "learned at scratch's pace, with no fit, would save as much; savings above it mean the grown "
+                  "model also trains faster than scratch.", ""]
     note = busy_note(summary)
     if note:
         lines += [f"**\\{note}.**", ""]
