@@ -160,7 +160,7 @@ def _presets(family: str) -> dict[str, Preset]:
 
 
 def demo_preset() -> Preset:
-    """``growkit demo``: the gpt2 tiny preset with short budgets, about 4-5 minutes on 2 idle cores with 2 workers.
+    """``growkit demo``: the gpt2 tiny preset with short budgets, about 3.5 minutes on 2 idle cores with 2 workers.
 
     The source pretrains only 250 steps, so that scratch's 360-step target still ends below the small model's
     loss and growth has real work to do (with the tiny preset's 1000-step source it would not). The learned

@@ -3,7 +3,7 @@
 A reduced tiny GPT-2 savings benchmark: pretrain a 2-layer/64 GPT-2 on the
 built-in corpus, grow it to 4 layers/128 with bert2BERT, LiGO and Mango (when
 registered), train each and a scratch model identically, and print how much
-compute each growth saved. The runs go to two worker processes; about five
+compute each growth saved. The runs go to two worker processes; about 3.5
 minutes on 2 idle CPU cores. The small model and the trained grown models are
 kept, and their folders printed.
 """
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
         description=(
             "Pretrain a small GPT-2 (2 layers, 64 wide) on the built-in corpus, grow it to 4 layers, 128 wide with\n"
             "bert2BERT, LiGO and Mango, train each grown model and a from-scratch one the same way, and print how\n"
-            "much compute each needs to reach the scratch model's final loss. No downloads; about 5 minutes on 2\n"
+            "much compute each needs to reach the scratch model's final loss. No downloads; about 3.5 minutes on 2\n"
             "idle CPU cores, with a progress line every 10 s. A rerun with the same --out reuses finished runs\n"
             "(--redo trains them again). The small model and the trained grown models stay in --out. For the full\n"
             "comparison see `growkit bench`."
