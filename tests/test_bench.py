@@ -380,7 +380,7 @@ def test_tiny_long_fits_cost_at_most_five_percent_of_its_budget(family, tmp_path
     for method in ("ligo", "mango"):
         adapter = adapter_for(source)
         operator = get_method(method).build(adapter.to_canonical(source), adapter.dims(target))
-        per_step, materialise, forward = _fit_flops(operator, model_class(target)(target), data, 0, fitted=True)
+        per_step, materialise, forward = _fit_flops(operator, model_class(target)(target), data, 0)
         per_check = materialise + FitConfig.eval_batches * forward
         budget = preset.budget.steps * step
         share = (preset.fit_steps * per_step + materialise) / budget

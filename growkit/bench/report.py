@@ -333,7 +333,7 @@ def report_markdown(summary: dict) -> str:
               "it is noisier than FLOPs.", ""]
     worth = summary.get("source_worth") or {}
     if any(v is not None for v in worth.values()):
-        lines += ["The source's worth: scratch spends " + ", ".join(f"{'—' if v is None else f'{v:.1%}'} (seed {s})" for s, v in worth.items())
+        lines += ["The source's worth: scratch spends " + ", ".join(f"{_num(v, '.1%')} (seed {s})" for s, v in worth.items())
                   + " of its FLOPs to reach the small model's eval loss. A start at exactly that loss that then "
                   "learned at scratch's pace, with no fit, would save as much; savings above it mean the grown "
                   "model also trains faster than scratch.", ""]

@@ -203,17 +203,13 @@ def _source_config(spec: BenchSpec, data: TaskData):
     return spec.preset.source_config(vocab_size=len(data.tokenizer))
 
 
-def _fit_flops(operator, model, data: TaskData, seed: int, fitted: bool) -> tuple[float | None, float, float | None]:
+def _fit_flops(operator, model, data: TaskData, seed: int) -> tuple[float, float, float]:
     """Measured FLOPs of one fit step (materialise, target forward, backward), of one materialisation
     and of one held-out forward of the target (a batch, weights given).
 
     Counted after ``grow`` on the operator it built and fit, with the grown model as the
-    function the step calls (its own weights are not read), so nothing is built twice. An operator
-    that was not ``fitted`` cost one materialisation only; its step and check are not measured (None).
+    function the step calls (its own weights are not read), so nothing is built twice.
     """
-    if not fitted:
-        with torch.no_grad():
-            return None, count_flops(operator), None
     batch = next(data.train_batches(seed))
     model.train()
 
@@ -378,9 +374,14 @@ class Runner:
                                  return_fit=True, **options)
             grow_seconds = time.perf_counter() - start
             steps, checks = len(result.losses), len(result.held_out)
-            per_step, materialise, forward = _fit_flops(result.operator, model, data, seed, fitted=steps > 0)
-            per_check = materialise + forward * fit_config.eval_batches if steps else None  # a held-out check
-            fit_flops = per_step * steps + materialise + per_check * checks if steps else materialise
+            if steps:
+                per_step, materialise, forward = _fit_flops(result.operator, model, data, seed)
+                per_check = materialise + forward * fit_config.eval_batches  # the held-out check's cost
+                fit_flops = per_step * steps + materialise + per_check * checks
+            else:  # the start, materialised once: no step or check to measure
+                per_step = per_check = None
+                with torch.no_grad():
+                    materialise = fit_flops = count_flops(result.operator)
             fit = {"steps": steps, "lr": fit_lr if steps else None, "flops": fit_flops, "flops_per_step": per_step,
                    "flops_materialise": materialise, "flops_per_check": per_check,
                    "held_out": result.held_out, "best_step": result.best_step, "stopped_at": result.stopped_at,
