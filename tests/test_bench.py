@@ -417,6 +417,40 @@ def test_cli_grown_schedule_goes_to_the_preset_and_bad_values_are_refused():
     for bad in (["--grown-lr", "0"], ["--grown-warmup", "-1"]):
         with pytest.raises(GrowError, match="--grown-lr/--grown-warmup: train_"):
             build_spec(parse(["bench", "--preset", "smoke", *bad]))
+    with pytest.raises(GrowError, match="--scratch-lr: train_lr"):
+        build_spec(parse(["bench", "--preset", "smoke", "--scratch-lr", "-1"]))
+
+
+def test_the_tiny_preset_gives_scratch_its_best_lr_and_the_grown_targets_their_own():
+    """Scratch's lr is the best of a sweep, the grown models share a lower one; --lr means every target again."""
+    from growkit.cli import build_parser
+    from growkit.cli.bench import build_spec
+
+    tiny = get_preset("llama", "tiny")
+    assert tiny.scratch_train == {"train_lr": 3e-3} and tiny.grown_train == {"train_lr": 1e-3}
+    assert get_preset("gpt2", "tiny-long").grown_train == tiny.grown_train
+    assert get_preset("bert", "tiny").scratch_train == {} == get_preset("vit", "tiny").grown_train  # not measured
+    parse = build_parser().parse_args
+    spec = build_spec(parse(["bench", "--preset", "tiny", "--lr", "5e-4"]))
+    assert spec.preset.budget.lr == 5e-4 and spec.preset.scratch_train == {} == spec.preset.grown_train
+    spec = build_spec(parse(["bench", "--preset", "tiny", "--lr", "5e-4", "--scratch-lr", "4e-3", "--grown-warmup", "5"]))
+    assert spec.preset.scratch_train == {"train_lr": 4e-3} and spec.preset.grown_train == {"train_warmup": 5}
+    spec = build_spec(parse(["bench", "--preset", "tiny", "--grown-lr", "2e-3"]))
+    assert spec.preset.scratch_train == {"train_lr": 3e-3} and spec.preset.grown_train == {"train_lr": 2e-3}
+    from growkit.bench.report import _own_schedules
+
+    assert _own_schedules(spec.preset.to_dict()) == (
+        "; scratch trains with peak lr 0.003 instead; every grown target trains with peak lr 0.002 instead")
+
+
+def test_scratch_variants_run_in_worker_processes(tmp_path):
+    """One point of scratch's lr sweep (scratch+train_lr=...) trains in a worker like any other entry."""
+    spec = BenchSpec(get_preset("gpt2", "smoke"), methods=["scratch", "scratch+train_lr=1e-3"], seeds=[0], threads=1,
+                     jobs=2)
+    result = run_bench(spec, tmp_path / "sweep", log=lambda _: None)
+    assert sorted(result.trained) == [(0, "scratch"), (0, "scratch+train_lr=1e-3")]
+    peak = max(r["lr"] for r in result.runs[0]["scratch+train_lr=1e-3"]["history"] if "lr" in r)
+    assert peak == pytest.approx(1e-3, rel=0.02)
 
 
 def test_cli_bench_smoke(tmp_path, capsys):

@@ -2,9 +2,10 @@
 
 A preset fixes everything a comparison holds equal: the source and target
 sizes, the data (sequence length, batch, vocabulary or image size), the source's
-pretraining budget, the one :class:`~growkit.train.TrainConfig` every target
-trains with, and the learned operators' fit budget. Sizes and budgets were
-chosen by measuring on a 2-core CPU (see BENCHMARKS.md):
+pretraining budget, the :class:`~growkit.train.TrainConfig` the targets train
+with (scratch may take its own peak lr, the best of a sweep, and the grown
+targets one shared lr of their own), and the learned operators' fit budget.
+Sizes and budgets were chosen by measuring on a 2-core CPU (see BENCHMARKS.md):
 
 - ``smoke``: seconds per run; exercises the whole pipeline (tests use it).
 - ``tiny``: 2-core CPU, <= ~30 minutes per family for the full method list and
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 from transformers import PretrainedConfig
 
-from ..arch import ADAPTERS, IMAGE, adapter_for, family_adapter
+from ..arch import ADAPTERS, CAUSAL, IMAGE, adapter_for, family_adapter
 from ..core.canonical import Dims
 from ..core.errors import GrowError
 from ..train import TrainConfig
@@ -69,7 +70,7 @@ class Preset:
     source: Size
     target: Size
     source_budget: Budget  #: the small model's pretraining
-    budget: Budget  #: every target's training (scratch and grown alike, unless grown_train says)
+    budget: Budget  #: every target's training (scratch and grown alike, unless scratch_train or grown_train says)
     fit_steps: int = 100  #: the fit steps of learned methods that fit by default (mango takes its start unless a variant says)
     fit_lr: float | None = None  #: the operators' own learning rate for every learned method; None: each method's default
     seq_len: int = 64
@@ -82,9 +83,16 @@ class Preset:
     eval_fraction: float = 0.1  #: held-out share of the data (its eval set is at most eval_batches batches)
     device: str = "cpu"
     method_options: dict = field(default_factory=dict)  #: per-method grow() options, e.g. {"mango": {"rank": 1}}
+    #: scratch's own schedule, e.g. {"train_lr": 3e-3}: the best peak lr of a sweep, so that savings are
+    #: measured against a tuned baseline (BENCHMARKS.md, "Scratch's learning rate")
+    scratch_train: dict = field(default_factory=dict)
     #: the grown targets' own schedule, e.g. {"train_lr": 1e-3, "train_warmup": 10}: a grown model starts
-    #: trained, so the peak lr and warm-up tuned for scratch need not suit it; scratch keeps ``budget``
+    #: trained, so the peak lr and warm-up tuned for scratch need not suit it; one recipe for every method
     grown_train: dict = field(default_factory=dict)
+
+    def train_overrides(self, scratch: bool) -> dict:
+        """The schedule fields (``train_lr``, ``train_warmup``) that differ from ``budget`` for scratch or a grown target."""
+        return dict(self.scratch_train if scratch else self.grown_train)
 
     def replace(self, **changes) -> "Preset":
         """A copy with some fields changed; ``budget_*``/``source_*`` keys change a budget's fields."""
@@ -153,6 +161,10 @@ def _presets(family: str) -> dict[str, Preset]:
                             budget_lr=1e-3)
         small = small.replace(batch_size=64, image_size=32, patch_size=4)
         return {"smoke": smoke, "tiny": tiny, "small": small}
+    if family_adapter(family).objective == CAUSAL:
+        # measured on GPT-2 and Llama, 3 seeds (BENCHMARKS.md): scratch's best peak lr is 3e-3, and a grown
+        # model, which starts trained, keeps more of its start at 1e-3 (the warm-up to a high peak undoes it)
+        tiny = tiny.replace(scratch_train={"train_lr": 3e-3}, grown_train={"train_lr": 1e-3})
     # tiny-long is defined for the text families;
     # eval every 50: an evaluation costs ~4 training steps, so every 25 would add ~16% to the run
     tiny_long = tiny.replace(name="tiny-long", budget_steps=2500, budget_eval_every=50)

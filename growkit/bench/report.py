@@ -286,13 +286,16 @@ def _fit_defaults(steps: int, lr: float | None) -> str:
                      f"{m.name}: no fit, its start" for m in CATALOG.values() if m.learned)
 
 
-def _grown_schedule(grown: dict) -> str:
-    """The grown targets' own schedule, where the benchmark gives them one (``--grown-lr``/``--grown-warmup``)."""
-    if not grown:
-        return ""
-    parts = [f"peak lr {grown['train_lr']:g}" if "train_lr" in grown else "",
-             f"warmup {grown['train_warmup']}" if "train_warmup" in grown else ""]
-    return f"; every grown target trains with {', '.join(p for p in parts if p)} instead (scratch keeps the above)"
+def _own_schedules(p: dict) -> str:
+    """Where scratch or the grown targets train with their own peak lr or warm-up (the preset's or the overrides')."""
+    own = []
+    for who, key in (("scratch", "scratch_train"), ("every grown target", "grown_train")):
+        train = p.get(key) or {}
+        parts = [f"peak lr {train['train_lr']:g}" if "train_lr" in train else "",
+                 f"warmup {train['train_warmup']}" if "train_warmup" in train else ""]
+        if any(parts):
+            own.append(f"{who} trains with {', '.join(x for x in parts if x)} instead")
+    return "".join(f"; {line}" for line in own)
 
 
 def report_markdown(summary: dict) -> str:
@@ -311,7 +314,7 @@ def report_markdown(summary: dict) -> str:
         f"- data: {data} ({shape}); eval on the same {p['eval_batches']} held-out batches for every run",
         f"- every target trains {b['steps']} steps: AdamW lr {b['lr']:g}, warmup {b['warmup']}, {b['schedule']} decay "
         f"to {b['min_lr_ratio']:g}x, eval every {b['eval_every']} steps; same data order within a seed"
-        + _grown_schedule(p.get("grown_train") or {}),
+        + _own_schedules(p),
         f"- learned operators fit on the same data ({_fit_defaults(p['fit_steps'], p['fit_lr'])}; a variant may set "
         "fit_steps and fit_lr), keeping the best "
         f"operator on held-out batches of the training data (checked at step 0 and after steps "

@@ -69,7 +69,7 @@ from .variants import Variant, parse_variant
 DEFAULT_METHODS = ("scratch", "stackbert", "interpolate", "net2net", "bert2bert", "exact", "ligo", "mango")
 DONE = "DONE"
 #: preset fields that only some runs depend on; recorded per run, not in the benchmark's fingerprint
-PER_RUN = ("fit_steps", "fit_lr", "method_options", "grown_train")
+PER_RUN = ("fit_steps", "fit_lr", "method_options", "scratch_train", "grown_train")
 SOURCE_DATA_SEED = 10_000  #: the source trains on train_batches(SOURCE_DATA_SEED + seed), not the targets' order
 
 
@@ -106,7 +106,7 @@ class BenchSpec:
     def run_settings(self, variant: Variant, learned: bool) -> dict:
         """The settings one run depends on beyond :meth:`settings`."""
         settings: dict = {"options": variant.options}
-        train = {**(self.preset.grown_train if variant.method != "scratch" else {}), **variant.train}
+        train = {**self.preset.train_overrides(scratch=variant.method == "scratch"), **variant.train}
         if train:  # recorded only where it differs from the budget, so earlier runs stay reusable
             settings["train"] = train
         if learned:
@@ -471,7 +471,11 @@ class Runner:
                 record = self.finished_target(seed, entry)
                 if record is not None:
                     runs[seed][entry] = record
-        order = sorted(methods, key=lambda m: m == "scratch" or not get_method(self.spec.variant(m).method).learned)
+        def fits_nothing(entry: str) -> bool:  # scratch and fixed methods go last: the learned runs are longest
+            method = self.spec.variant(entry).method
+            return method == "scratch" or not get_method(method).learned
+
+        order = sorted(methods, key=fits_nothing)
         todo = {seed: [m for m in order if m not in runs[seed]] for seed in spec.seeds}
         bar = progress_bar(len(spec.seeds) - len(sources) + sum(map(len, todo.values())), "runs",
                            enabled=bool(spec.progress) and sys.stderr.isatty())
