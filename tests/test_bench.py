@@ -422,25 +422,25 @@ def test_cli_grown_schedule_goes_to_the_preset_and_bad_values_are_refused():
 
 
 def test_the_tiny_preset_gives_scratch_its_best_lr_and_the_grown_targets_their_own():
-    """Scratch's lr is the best of a sweep, the grown models share a lower one; --lr means every target again."""
+    """Scratch's lr is the best of a sweep, the grown models keep the budget's; --lr means every target again."""
     from growkit.cli import build_parser
     from growkit.cli.bench import build_spec
 
     tiny = get_preset("llama", "tiny")
-    assert tiny.scratch_train == {"train_lr": 3e-3} and tiny.grown_train == {"train_lr": 1e-3}
-    assert get_preset("gpt2", "tiny-long").grown_train == tiny.grown_train
+    assert tiny.scratch_train == {"train_lr": 3e-3} and tiny.grown_train == {} and tiny.budget.lr == 2e-3
+    assert get_preset("gpt2", "tiny-long").scratch_train == tiny.scratch_train
     assert get_preset("bert", "tiny").scratch_train == {} == get_preset("vit", "tiny").grown_train  # not measured
     parse = build_parser().parse_args
     spec = build_spec(parse(["bench", "--preset", "tiny", "--lr", "5e-4"]))
     assert spec.preset.budget.lr == 5e-4 and spec.preset.scratch_train == {} == spec.preset.grown_train
     spec = build_spec(parse(["bench", "--preset", "tiny", "--lr", "5e-4", "--scratch-lr", "4e-3", "--grown-warmup", "5"]))
     assert spec.preset.scratch_train == {"train_lr": 4e-3} and spec.preset.grown_train == {"train_warmup": 5}
-    spec = build_spec(parse(["bench", "--preset", "tiny", "--grown-lr", "2e-3"]))
-    assert spec.preset.scratch_train == {"train_lr": 3e-3} and spec.preset.grown_train == {"train_lr": 2e-3}
+    spec = build_spec(parse(["bench", "--preset", "tiny", "--grown-lr", "1e-3"]))
+    assert spec.preset.scratch_train == {"train_lr": 3e-3} and spec.preset.grown_train == {"train_lr": 1e-3}
     from growkit.bench.report import _own_schedules
 
     assert _own_schedules(spec.preset.to_dict()) == (
-        "; scratch trains with peak lr 0.003 instead; every grown target trains with peak lr 0.002 instead")
+        "; scratch trains with peak lr 0.003 instead; every grown target trains with peak lr 0.001 instead")
 
 
 def test_scratch_variants_run_in_worker_processes(tmp_path):

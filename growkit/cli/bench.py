@@ -32,8 +32,8 @@ def add_parser(sub) -> None:
             "  growkit bench --family vit --preset tiny --methods scratch,bert2bert,ligo --data digits\n"
             "  growkit bench --family gpt2 --preset tiny --methods scratch,mango,mango+rank=2,mango+fit_steps=300\n"
             "  growkit bench --family gpt2 --preset tiny --lr 1e-3 --out runs/bench-gpt2-tiny-lr1e-3\n"
-            "  growkit bench --family gpt2 --preset tiny --grown-lr 2e-3 --methods scratch,net2net,mango "
-            "--out runs/bench-gpt2-tiny-grown-lr2e-3"
+            "  growkit bench --family gpt2 --preset tiny --grown-lr 1e-3 --methods scratch,net2net,mango "
+            "--out runs/bench-gpt2-tiny-grown-lr1e-3"
         ),
     )
     p.add_argument("--family", default="gpt2",
@@ -57,9 +57,8 @@ def add_parser(sub) -> None:
     g.add_argument("--scratch-lr", type=float, help="scratch's peak learning rate (default: the preset's, the best of "
                    "a sweep: 3e-3 for the causal text families at tiny)")
     g.add_argument("--schedule", choices=("cosine", "linear", "constant"), help="every target's lr decay")
-    g.add_argument("--grown-lr", type=float, help="every grown target's peak learning rate (default: the preset's, "
-                   "1e-3 for the causal text families at tiny; a variant's train_lr= wins); one shared recipe for "
-                   "the grown models")
+    g.add_argument("--grown-lr", type=float, help="every grown target's peak learning rate (default: the preset's "
+                   "budget lr; a variant's train_lr= wins); one shared recipe for the grown models")
     g.add_argument("--grown-warmup", type=int, help="every grown target's warm-up steps (scratch keeps the preset's; "
                    "a variant's train_warmup= wins)")
     g.add_argument("--source-steps", type=int, help="the source's pretraining steps")
