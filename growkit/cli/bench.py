@@ -52,10 +52,9 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("overrides (the training ones change every run, so use a new --out; to vary one "
                              "method's fit or options inside a benchmark, add a variant to --methods instead)")
     g.add_argument("--steps", type=int, help="every target's training steps")
-    g.add_argument("--lr", type=float, help="every target's peak learning rate, scratch's and the grown targets' "
-                   "alike (it replaces the preset's own lr for each; --scratch-lr and --grown-lr still win)")
-    g.add_argument("--scratch-lr", type=float, help="scratch's peak learning rate (default: the preset's, the best of "
-                   "a sweep: 3e-3 for the causal text families at tiny)")
+    g.add_argument("--lr", type=float, help="every target's peak learning rate (the causal text families' tiny "
+                   "presets: 3e-3, scratch's best in a sweep; --scratch-lr and --grown-lr split it)")
+    g.add_argument("--scratch-lr", type=float, help="scratch's own peak learning rate (default: --lr or the preset's)")
     g.add_argument("--schedule", choices=("cosine", "linear", "constant"), help="every target's lr decay")
     g.add_argument("--grown-lr", type=float, help="every grown target's peak learning rate (default: the preset's "
                    "budget lr; a variant's train_lr= wins); one shared recipe for the grown models")
@@ -133,15 +132,13 @@ def build_spec(args: argparse.Namespace):
     options = parse_options(args.option)
     if options:
         changes["method_options"] = {**preset.method_options, **options}
-    own = {"scratch_train": {"train_lr": args.scratch_lr},
-           "grown_train": {"train_lr": args.grown_lr, "train_warmup": args.grown_warmup}}
-    for key, given in own.items():
-        train = dict(getattr(preset, key))
-        if args.lr is not None:  # every target's lr: the preset's own lr for scratch or the grown targets yields
-            train.pop("train_lr", None)
-        train.update({k: v for k, v in given.items() if v is not None})
-        check_train(train, "--scratch-lr" if key == "scratch_train" else "--grown-lr/--grown-warmup")
-        changes[key] = train
+    own = {("scratch_train", "--scratch-lr"): {"train_lr": args.scratch_lr},
+           ("grown_train", "--grown-lr/--grown-warmup"): {"train_lr": args.grown_lr, "train_warmup": args.grown_warmup}}
+    for (key, flags), given in own.items():
+        train = {k: v for k, v in given.items() if v is not None}
+        if train:
+            check_train(train, flags)
+            changes[key] = train
     preset = preset.replace(**changes)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unused = sorted(set(options) - {m.split("+", 1)[0] for m in methods})
