@@ -471,6 +471,7 @@ class Runner:
                 record = self.finished_target(seed, entry)
                 if record is not None:
                     runs[seed][entry] = record
+
         def fits_nothing(entry: str) -> bool:  # scratch and fixed methods go last: the learned runs are longest
             method = self.spec.variant(entry).method
             return method == "scratch" or not get_method(method).learned
