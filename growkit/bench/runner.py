@@ -471,12 +471,7 @@ class Runner:
                 record = self.finished_target(seed, entry)
                 if record is not None:
                     runs[seed][entry] = record
-
-        def fits_nothing(entry: str) -> bool:  # scratch and fixed methods go last: the learned runs are longest
-            method = self.spec.variant(entry).method
-            return method == "scratch" or not get_method(method).learned
-
-        order = sorted(methods, key=fits_nothing)
+        order = sorted(methods, key=lambda entry: not self._variant(entry)[1])  # learned runs first: the longest
         todo = {seed: [m for m in order if m not in runs[seed]] for seed in spec.seeds}
         bar = progress_bar(len(spec.seeds) - len(sources) + sum(map(len, todo.values())), "runs",
                            enabled=bool(spec.progress) and sys.stderr.isatty())

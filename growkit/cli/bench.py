@@ -132,9 +132,9 @@ def build_spec(args: argparse.Namespace):
     options = parse_options(args.option)
     if options:
         changes["method_options"] = {**preset.method_options, **options}
-    own = {("scratch_train", "--scratch-lr"): {"train_lr": args.scratch_lr},
-           ("grown_train", "--grown-lr/--grown-warmup"): {"train_lr": args.grown_lr, "train_warmup": args.grown_warmup}}
-    for (key, flags), given in own.items():
+    own = (("scratch_train", "--scratch-lr", {"train_lr": args.scratch_lr}),
+           ("grown_train", "--grown-lr/--grown-warmup", {"train_lr": args.grown_lr, "train_warmup": args.grown_warmup}))
+    for key, flags, given in own:
         train = {k: v for k, v in given.items() if v is not None}
         if train:
             check_train(train, flags)
