@@ -562,3 +562,50 @@ def test_cli_demo_runs_the_reduced_bench_and_keeps_its_models(tmp_path, capsys, 
     assert "0 runs trained now" in capsys.readouterr().out
     assert main(["demo", "--out", str(out), "--jobs", "1", "--threads", "1", "--redo"]) == 0
     assert "4 runs trained now" in capsys.readouterr().out
+
+
+def _workers(pid: int) -> list[int]:
+    """The process's multiprocessing workers (not its resource tracker)."""
+    children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "\nState:\tZ" not in status.read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads the process tree from /proc")
+def test_sigterm_stops_the_parallel_benchmark_and_its_workers_now(tmp_path):
+    """A stopped `growkit bench --jobs 2` must not wait for its workers' running runs (each can take minutes)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "growkit", "bench", "--family", "gpt2", "--preset", "smoke", "--jobs", "2",
+               "--methods", "scratch,exact", "--steps", "1000000", "--out", str(tmp_path / "bench")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        workers, deadline, started = [], time.monotonic() + 240, 0
+        for line in proc.stdout:  # both workers are in a run
+            started += "training 1000000 steps" in line
+            if started == 2 or time.monotonic() > deadline:
+                break
+        assert started == 2, "the runs did not start"
+        workers = _workers(proc.pid)
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)  # the workers hold the pipe too: it closes when every process has gone
+        assert proc.returncode == 130
+        assert not [pid for pid in workers if _alive(pid)]
+    finally:
+        for pid in [proc.pid, *workers]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()

@@ -512,8 +512,11 @@ class Runner:
                             else:
                                 runs[seed][entry] = record
                                 self.trained.append((seed, entry))
-                except BaseException:
+                except BaseException as err:
                     pool.shutdown(wait=False, cancel_futures=True)  # the queued runs never start
+                    if isinstance(err, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the running runs stop now too
+                        for worker in multiprocessing.active_children():
+                            worker.terminate()
                     raise
         finally:
             queue.put(None)
