@@ -521,3 +521,28 @@ def test_the_default_takes_the_start_with_no_data_and_keeps_the_function():
         growkit.grow(model, {"hidden_size": 128, "num_hidden_layers": 4}, "mango", data=batches)
     on_purpose = growkit.grow(model, {"hidden_size": 128, "num_hidden_layers": 4}, "mango", data=batches, steps=0)
     assert all(torch.equal(a, b) for a, b in zip(on_purpose.state_dict().values(), grown.state_dict().values()))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_mixed_inputs_set_the_new_units_apart_and_keep_the_function(family):
+    model, adapter, src, config = _grown(family, {"hidden_size": 64, "num_hidden_layers": 4})
+    tgt = adapter.dims(config)
+    copies = MangoOperator(src, tgt, init="exact", noise=0.0).materialize()
+    op = MangoOperator(src, tgt, init="exact", mix=1.0)
+    assert op.rank == 3 and op.copy_map is None  # the mixture is a third Kronecker term
+    mixed = op.materialize()
+    f1, new = src.dims.ffn, slice(src.dims.ffn, None)
+    mlp_in, copied = mixed.tensors["layer.mlp_in"], copies.tensors["layer.mlp_in"]
+    assert torch.equal(mlp_in[..., :f1], copied[..., :f1])  # the source's units are untouched
+    change = (mlp_in[..., new] - copied[..., new]).norm() / copied[..., new].norm()
+    assert 0.5 < change < 2  # about one unit's inputs more
+    for name in ("layer.q", "layer.o", "layer.mlp_out"):  # q places the embeddings and norms; o and mlp_out write
+        assert torch.equal(mixed.tensors[name], copies.tensors[name]), name
+    assert (mixed.tensors["layer.v"] - copies.tensors["layer.v"]).abs().max() > 0
+    inputs = model_inputs(model)
+    big = adapter.from_canonical(mixed, config, type(model))
+    assert (logits(big, inputs) - logits(model, inputs)).abs().max() < 1e-5  # big is built in fp32
+    for options, message in (({"split": "even"}, "needs split='keep'"), ({"noise": 0.01}, "replaces the cancelling"),
+                             ({"mix": -1.0}, "0 or more")):
+        with pytest.raises(GrowError, match=message):
+            MangoOperator(src, tgt, **{"mix": 1.0, **options})

@@ -43,6 +43,7 @@ NOISE = Option("noise", float, "a number")
 RANK = Option("rank", int, "an integer")
 INIT = Option("init", str, "a method name")
 SPLIT = Option("split", str, "'even' or 'keep'")
+MIX = Option("mix", float, "a number")
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
                "fixed method)", options=(INIT, NOISE)),
     MethodInfo("mango", "Mango: learned tensor-ring (multi-linear) growth operator of rank R; by default its "
                "function-preserving start (Net2Net width, new copies silent, identity layers), fit with --steps N",
-               options=(RANK, INIT, NOISE, SPLIT), fit_steps=0, fit_lr=1e-4),
+               options=(RANK, INIT, NOISE, SPLIT, MIX), fit_steps=0, fit_lr=1e-4),
 )}
 #: every option some method takes, in the order the command line checks them
 OPTION_NAMES = tuple(dict.fromkeys(option.name for method in CATALOG.values() for option in method.options))

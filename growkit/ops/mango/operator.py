@@ -39,21 +39,21 @@ UNREACHABLE = {
 
 
 def parameter_count(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT,
-                    noise: float | None = None, split: str = DEFAULT_SPLIT) -> int:
+                    noise: float | None = None, split: str = DEFAULT_SPLIT, mix: float = 0.0) -> int:
     """The Mango operator's parameter count, R^2 (B1 B2 + 2 D1 D2 + L1 L2), without building it."""
-    rank = start_rank(init, source.dims, target_dims) if rank is None else rank
+    rank = start_rank(init, source.dims, target_dims, mix) if rank is None else rank
     (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
     return rank * rank * (b1 * b2 + 2 * s.hidden * t.hidden + s.layers * t.layers)
 
 
 def materialize_flops(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT,
-                      noise: float | None = None, split: str = DEFAULT_SPLIT) -> float:
+                      noise: float | None = None, split: str = DEFAULT_SPLIT, mix: float = 0.0) -> float:
     """FLOPs of one materialisation's M1 -> M2 contraction (its path cost), without building the operator.
 
     For ``--dry-run``, where the operator cannot be built (its start is not meta-safe); the
     vectors' and embeddings' maps are small beside it and not counted.
     """
-    rank = start_rank(init, source.dims, target_dims) if rank is None else rank
+    rank = start_rank(init, source.dims, target_dims, mix) if rank is None else rank
     (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
     cores = [(rank, n1, n2, rank) for n1, n2 in ((b1, b2), (s.hidden, t.hidden), (s.hidden, t.hidden), (s.layers, t.layers))]
     return float(ring_path((b1, s.hidden, s.hidden, s.layers), cores).opt_cost)
@@ -77,22 +77,24 @@ class MangoOperator(GrowthOperator):
         seed: int = 0,
         max_elements: int = MAX_ELEMENTS,
         split: str = DEFAULT_SPLIT,
+        mix: float = 0.0,
     ):
         super().__init__(source, target_dims)
         source.dims.check_growth_to(target_dims)
         _check_init(init, rank)
         if split not in SPLITS:
             raise GrowError(f"Mango's split must be one of {', '.join(SPLITS)}, got {split!r}")
+        _check_mix(mix, split, noise)
         method = fixed_methods()[init]
-        noise = method.width_operator.noise if noise is None else float(noise)
+        noise = 0.0 if mix else method.width_operator.noise if noise is None else float(noise)
         self.init, self.max_elements = init, max_elements
         self.layer_source = method.depth_operator.layer_map(source.dims.layers, target_dims.layers).source
         self.workspace = Workspace()
         self.placements = _placements(source)
         self.src, self.tgt = Packing(self.placements, source.dims), Packing(self.placements, target_dims)
         gen = torch.Generator().manual_seed(seed)
-        start = build_start(self.src, self.tgt, init, noise, gen, split)
-        rank = start_rank(init, source.dims, target_dims) if rank is None else rank
+        start = build_start(self.src, self.tgt, init, noise, gen, split, mix)
+        rank = start_rank(init, source.dims, target_dims, mix) if rank is None else rank
         self.rank = rank
         if len(start.terms) > rank:
             raise GrowError(
@@ -169,6 +171,17 @@ def _check_init(init: str, rank: int | None) -> None:
         )
 
 
+def _check_mix(mix: float, split: str, noise: float | None) -> None:
+    """Mixed inputs keep the function only on silent new units, and they replace the cancelling noise."""
+    if mix < 0:
+        raise GrowError(f"Mango's mix must be 0 or more, got {mix!r}")
+    if mix and split != "keep":
+        raise GrowError("Mango's mix needs split='keep': new units read mixed inputs only while they start silent")
+    if mix and noise:
+        raise GrowError("Mango's mix replaces the cancelling noise (copies no longer see equal inputs); "
+                        "leave noise unset or 0")
+
+
 def _warn_inexact(source: Canonical, src: Packing, tgt: Packing, method: Method) -> None:
     (d1, f1), (d2, f2) = (src.dims.hidden, src.dims.ffn), (tgt.dims.hidden, tgt.dims.ffn)
     if f1 % d1 or f2 % d2 or tgt.layouts["F"].tiles < src.layouts["F"].tiles:
@@ -195,6 +208,7 @@ def build(
     init: str = DEFAULT_INIT,
     noise: float | None = None,
     split: str = DEFAULT_SPLIT,
+    mix: float = 0.0,
 ) -> MangoOperator:
     """A Mango operator of ``rank`` starting at the fixed method ``init``.
 
@@ -205,9 +219,11 @@ def build(
     ``noise`` is the start's cancelling symmetry-breaking noise (default: the fixed
     method's own, 0.01 or 0 for AKI); ``noise=0`` makes the start equal the fixed method.
     ``split`` shares a copied unit's outgoing weights ``even`` (Net2Net) or ``keep``s them
-    with the original (new copies start silent); both keep the function.
+    with the original (new copies start silent); both keep the function. ``mix`` > 0 adds
+    to each new unit's key, value and FFN inputs a random mixture of its source units'
+    inputs, about ``mix`` times one unit's (a third Kronecker term; needs ``split="keep"``).
     """
-    return MangoOperator(source, target_dims, rank=rank, init=init, noise=noise, seed=seed, split=split)
+    return MangoOperator(source, target_dims, rank=rank, init=init, noise=noise, seed=seed, split=split, mix=mix)
 
 
 #: the registry entry (registered by :mod:`growkit.ops`)

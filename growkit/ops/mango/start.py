@@ -87,8 +87,8 @@ def _first_copies(sigma: Tensor, n_old: int) -> Tensor:
 
 
 def build_start(src: Packing, tgt: Packing, init: str, noise: float, gen: torch.Generator,
-                split: str = "even") -> Start:
-    """The Kronecker terms of the fixed method ``init`` (a width and a depth operator)."""
+                split: str = "even", mix: float = 0.0) -> Start:
+    """The Kronecker terms of the fixed method ``init`` (a width and a depth operator), plus :func:`_mixing_term`."""
     method = fixed_methods()[init]
     wmap = _head_selection(src.dims, tgt.dims, method.width_operator.strategy, gen)
     sigma = wmap.axes["Q"].index  # source unit of each target unit inside a D-wide tile
@@ -120,7 +120,35 @@ def build_start(src: Packing, tgt: Packing, init: str, noise: float, gen: torch.
             if noise:
                 s_i = s_i + _cancelling_noise(sigma, d1, noise / math.sqrt(d1), gen)
             terms.append((s_b, s_i, s_o, s_l))
+    if mix:
+        s_l = _select_matrix(source_layer, layers1)
+        terms.append(_mixing_term(tgt, tiles, shares, sigma, s_l, mix, gen))
+        return Start(terms, None)
     return Start(terms, _copy_map(wmap, sigma, src, tgt))
+
+
+#: packed matrices whose new units may read anything: they neither write the residual stream nor place the
+#: embeddings and norms (those read S_B at q's tiles, see :func:`~growkit.ops.mango.packing._home`)
+MIXED = ("layer.k", "layer.v", "layer.mlp_gate", "layer.mlp_in")
+
+
+def _mixing_term(tgt: Packing, tiles: Tensor, shares: Tensor, sigma: Tensor, s_l: Tensor, mix: float,
+                 gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A term adding to each new unit's inputs a random mixture of its source units' inputs (keys, values, FFN).
+
+    Under ``split="keep"`` new units start silent, so their inputs do not reach the
+    output and the start keeps the function; the mixture makes each new unit compute
+    a feature of its own from the first step, where a copy starts as a duplicate and
+    only its zero-started outgoing weights set it apart. The mixing weights are
+    N(0, mix^2 / D1): the mixture is about ``mix`` times as large as one unit's inputs.
+    """
+    readers = torch.zeros(tgt.blocks, dtype=torch.bool)
+    for name in MIXED:
+        if name in tgt.matrices:
+            readers[tgt.tiles(name)] = True
+    d1, new = shares.shape[0], ~_first_copies(sigma, shares.shape[0])
+    s_o = torch.randn(d1, len(sigma), generator=gen, dtype=torch.float64) * (mix / math.sqrt(d1)) * new
+    return tiles * readers, shares, s_o, s_l
 
 
 def _copy_map(wmap: WidthMap, sigma: Tensor, src: Packing, tgt: Packing) -> WidthMap | None:
@@ -164,9 +192,9 @@ def ring_cores(start: Start, rank: int, sizes: dict[str, tuple[int, int]], gen: 
     return [core(0, b1, b2, False), core(1, d1, d2, True), core(2, d1, d2, True), core(3, l1, l2, False)]
 
 
-def start_rank(init: str, source: Dims, target: Dims) -> int:
+def start_rank(init: str, source: Dims, target: Dims, mix: float = 0.0) -> int:
     """The number of Kronecker terms of the start ``init`` (the default rank), without building it."""
     method = fixed_methods()[init]
     silenced = any(method.depth_operator.layer_map(source.layers, target.layers).silenced)
     borrows = method.width_operator.knowledge_from_next_layer and target.hidden > source.hidden
-    return (2 if silenced else 1) * (2 if borrows else 1)
+    return (2 if silenced else 1) * (2 if borrows else 1) + (1 if mix else 0)
