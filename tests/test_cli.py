@@ -156,6 +156,18 @@ def test_mango_by_default_grows_its_start_without_data(base, tmp_path, capsys):
     assert (grown.config.n_layer, grown.config.n_embd) == (4, 64)
 
 
+def test_mango_mix_from_the_command_line_keeps_the_function(base, tmp_path, capsys):
+    out = tmp_path / "mixed"
+    args = ["grow", str(base / "small"), str(out), "--method", "mango", "--hidden", "64", "--layers", "4"]
+    assert main([*args, "--mix", "1", "--split", "even"]) == 1
+    assert "mix needs split='keep'" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--mix", "1", "--init", "exact"]) == 0  # exact: whole factors, even copies
+    source, grown = load_pretrained(base / "small"), load_pretrained(out)
+    ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (grown(ids).logits - source(ids).logits).abs().max() < 1e-4
+
+
 def test_help_and_methods_do_not_import_torch():
     """The parser and `growkit methods` are built from torch-free modules, so the command line starts fast."""
     code = ("import sys, runpy; sys.argv = ['growkit', '{}']\n"
