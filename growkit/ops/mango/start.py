@@ -122,7 +122,7 @@ def build_start(src: Packing, tgt: Packing, init: str, noise: float, gen: torch.
             terms.append((s_b, s_i, s_o, s_l))
     if mix:
         s_l = _select_matrix(source_layer, layers1)
-        terms += _mixing_terms(tgt, tiles, shares, sigma, s_l, torch.tensor(dmap.silenced), mix, gen)
+        terms.append(_mixing_term(tgt, tiles, shares, sigma, s_l, mix, gen))
         return Start(terms, None)
     return Start(terms, _copy_map(wmap, sigma, src, tgt))
 
@@ -132,34 +132,23 @@ def build_start(src: Packing, tgt: Packing, init: str, noise: float, gen: torch.
 MIXED = ("layer.k", "layer.v", "layer.mlp_gate", "layer.mlp_in")
 
 
-def _mixing_terms(tgt: Packing, tiles: Tensor, shares: Tensor, sigma: Tensor, s_l: Tensor, silenced: Tensor,
-                  mix: float, gen: torch.Generator) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """Terms adding to every silent unit's inputs a random mixture of its source units' inputs.
+def _mixing_term(tgt: Packing, tiles: Tensor, shares: Tensor, sigma: Tensor, s_l: Tensor, mix: float,
+                 gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A term adding to each new unit's inputs a random mixture of its source units' inputs (keys, values, FFN).
 
-    Silent units are the new units of every layer and every unit of an inserted
-    layer. Their inputs do not reach the output, so the start keeps the function;
-    the mixture makes each of them compute a feature of its own from the first step,
-    where a copy starts as a duplicate and only its zero-started outgoing weights set
-    it apart. The mixing weights are N(0, mix^2 / D1): the mixture is about ``mix``
-    times as large as one unit's inputs. Inserted layers mix their queries too, unless
-    one is target layer 0, where the embeddings and the final norm read S_L.
+    Under ``split="keep"`` new units start silent, so their inputs do not reach the
+    output and the start keeps the function; the mixture makes each new unit compute
+    a feature of its own from the first step, where a copy starts as a duplicate and
+    only its zero-started outgoing weights set it apart. The mixing weights are
+    N(0, mix^2 / D1): the mixture is about ``mix`` times as large as one unit's inputs.
     """
-    def tiles_of(names: tuple[str, ...]) -> Tensor:
-        rows = torch.zeros(tgt.blocks, dtype=torch.bool)
-        for name in names:
-            if name in tgt.matrices:
-                rows[tgt.tiles(name)] = True
-        return tiles * rows
-
-    def mixture(columns: Tensor) -> Tensor:
-        d1 = shares.shape[0]
-        return torch.randn(d1, len(sigma), generator=gen, dtype=torch.float64) * (mix / math.sqrt(d1)) * columns
-
-    terms = [(tiles_of(MIXED), shares, mixture(~_first_copies(sigma, shares.shape[0])), s_l)]
-    if silenced.any():
-        inserted = MIXED if silenced[0] else ("layer.q", *MIXED)
-        terms.append((tiles_of(inserted), shares, mixture(torch.ones(len(sigma), dtype=torch.bool)), s_l * silenced))
-    return terms
+    readers = torch.zeros(tgt.blocks, dtype=torch.bool)
+    for name in MIXED:
+        if name in tgt.matrices:
+            readers[tgt.tiles(name)] = True
+    d1, new = shares.shape[0], ~_first_copies(sigma, shares.shape[0])
+    s_o = torch.randn(d1, len(sigma), generator=gen, dtype=torch.float64) * (mix / math.sqrt(d1)) * new
+    return tiles * readers, shares, s_o, s_l
 
 
 def _copy_map(wmap: WidthMap, sigma: Tensor, src: Packing, tgt: Packing) -> WidthMap | None:
@@ -208,5 +197,4 @@ def start_rank(init: str, source: Dims, target: Dims, mix: float = 0.0) -> int:
     method = fixed_methods()[init]
     silenced = any(method.depth_operator.layer_map(source.layers, target.layers).silenced)
     borrows = method.width_operator.knowledge_from_next_layer and target.hidden > source.hidden
-    mixing = (2 if silenced else 1) if mix else 0
-    return (2 if silenced else 1) * (2 if borrows else 1) + mixing
+    return (2 if silenced else 1) * (2 if borrows else 1) + (1 if mix else 0)
