@@ -278,7 +278,7 @@ def test_a_deep_gqa_start_by_a_non_integer_factor_equals_the_fixed_operator(init
     assert (tgt.heads, tgt.kv_heads, tgt.ffn) == (9, 3, 72)
     op = MangoOperator(src, tgt, init=init, noise=0.0, seed=1, split="even")  # the default rank: the start's minimum
     assert op.rank == MIN_RANK[init] == len(build_start(op.src, op.tgt, init, 0.0, torch.Generator()).terms)
-    assert parameter_count(src, tgt, init=init) == sum(p.numel() for p in op.parameters())
+    assert parameter_count(src, tgt, init=init, noise=0.0, split="even") == sum(p.numel() for p in op.parameters())
     reference = _reference(src, tgt, op, init)
     for name, t in op.materialize().tensors.items():
         assert (t - reference.tensors[name]).abs().max() < 1e-12, name

@@ -68,13 +68,14 @@ Start. Each start is a sum of c Kronecker terms placed on the ring's diagonal
   or 0 for AKI, which breaks symmetry with knowledge) adds to every term's S_I
   noise that sums to zero over each group of copies: the copies see equal
   inputs, so it cancels and the start computes the same function.
-- Mixed inputs (``mix`` > 0, ``split="keep"``). Silent units (the new units of
-  every layer, every unit of an inserted layer) may read anything, so one or two
-  more terms add to their key, value and FFN inputs (queries too in inserted
-  layers) a random mixture of the source units' inputs: S_O random on the silent
-  units only, S_B on those tiles only, S_L on the inserted layers only for the
-  second. Each silent unit then computes a feature of its own from the first step
-  while the start keeps the function; the mixture replaces the cancelling noise.
+- Mixed inputs (``mix`` > 0, ``split="keep"``). New units start silent, so they
+  may read anything: one more term adds to their key, value and FFN inputs a
+  random mixture of the source units' inputs (S_O random on the new units only,
+  S_B on those tiles only). Each new unit then computes a feature of its own from
+  the first step while the start keeps the function; the mixture replaces the
+  cancelling noise. Queries are left alone: the embeddings and norms read S_B at
+  q's tiles. Inserted layers keep their copied units (mixing them all trained
+  worse).
 - Extra rank. Ring slices beyond c start with S_B = 0 and random S_I, S_O, S_L
   (unit gain); the strictly upper ring entries of S_I and S_O are random too and
   S_L is ring-diagonal. Every path through the ring other than the start's terms

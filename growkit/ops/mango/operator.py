@@ -30,6 +30,8 @@ Tensor = torch.Tensor
 DEFAULT_INIT = "net2net"
 #: how the start shares a copied unit's outgoing weights (``keep``: the original keeps them, new copies start silent)
 DEFAULT_SPLIT = "keep"
+#: the random mixture added to the silent new units' inputs, in units of one unit's inputs (see ``start._mixing_term``)
+DEFAULT_MIX = 2.0
 
 #: the fixed methods a start can equal, and the learned ones it cannot, with why
 UNREACHABLE = {
@@ -39,20 +41,22 @@ UNREACHABLE = {
 
 
 def parameter_count(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT,
-                    noise: float | None = None, split: str = DEFAULT_SPLIT, mix: float = 0.0) -> int:
+                    noise: float | None = None, split: str = DEFAULT_SPLIT, mix: float | None = None) -> int:
     """The Mango operator's parameter count, R^2 (B1 B2 + 2 D1 D2 + L1 L2), without building it."""
+    mix = resolve_mix(mix, init, split, noise, rank, source.dims, target_dims)
     rank = start_rank(init, source.dims, target_dims, mix) if rank is None else rank
     (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
     return rank * rank * (b1 * b2 + 2 * s.hidden * t.hidden + s.layers * t.layers)
 
 
 def materialize_flops(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT,
-                      noise: float | None = None, split: str = DEFAULT_SPLIT, mix: float = 0.0) -> float:
+                      noise: float | None = None, split: str = DEFAULT_SPLIT, mix: float | None = None) -> float:
     """FLOPs of one materialisation's M1 -> M2 contraction (its path cost), without building the operator.
 
     For ``--dry-run``, where the operator cannot be built (its start is not meta-safe); the
     vectors' and embeddings' maps are small beside it and not counted.
     """
+    mix = resolve_mix(mix, init, split, noise, rank, source.dims, target_dims)
     rank = start_rank(init, source.dims, target_dims, mix) if rank is None else rank
     (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
     cores = [(rank, n1, n2, rank) for n1, n2 in ((b1, b2), (s.hidden, t.hidden), (s.hidden, t.hidden), (s.layers, t.layers))]
@@ -77,13 +81,14 @@ class MangoOperator(GrowthOperator):
         seed: int = 0,
         max_elements: int = MAX_ELEMENTS,
         split: str = DEFAULT_SPLIT,
-        mix: float = 0.0,
+        mix: float | None = None,
     ):
         super().__init__(source, target_dims)
         source.dims.check_growth_to(target_dims)
         _check_init(init, rank)
         if split not in SPLITS:
             raise GrowError(f"Mango's split must be one of {', '.join(SPLITS)}, got {split!r}")
+        mix = resolve_mix(mix, init, split, noise, rank, source.dims, target_dims)
         _check_mix(mix, split, noise)
         method = fixed_methods()[init]
         noise = 0.0 if mix else method.width_operator.noise if noise is None else float(noise)
@@ -171,6 +176,16 @@ def _check_init(init: str, rank: int | None) -> None:
         )
 
 
+def resolve_mix(mix: float | None, init: str, split: str, noise: float | None, rank: int | None,
+                source: Dims, target: Dims) -> float:
+    """``mix`` as given, else ``DEFAULT_MIX`` where the start has silent units to mix (a keep split), no
+    noise is asked for and the rank leaves room for the mixing term (``rank=None`` always does), else 0."""
+    if mix is not None:
+        return float(mix)
+    room = rank is None or rank > start_rank(init, source, target)
+    return DEFAULT_MIX if split == "keep" and noise is None and room else 0.0
+
+
 def _check_mix(mix: float, split: str, noise: float | None) -> None:
     """Mixed inputs keep the function only on silent new units, and they replace the cancelling noise."""
     if mix < 0:
@@ -208,7 +223,7 @@ def build(
     init: str = DEFAULT_INIT,
     noise: float | None = None,
     split: str = DEFAULT_SPLIT,
-    mix: float = 0.0,
+    mix: float | None = None,
 ) -> MangoOperator:
     """A Mango operator of ``rank`` starting at the fixed method ``init``.
 
@@ -221,7 +236,9 @@ def build(
     ``split`` shares a copied unit's outgoing weights ``even`` (Net2Net) or ``keep``s them
     with the original (new copies start silent); both keep the function. ``mix`` > 0 adds
     to each new unit's key, value and FFN inputs a random mixture of its source units'
-    inputs, about ``mix`` times one unit's (a third Kronecker term; needs ``split="keep"``).
+    inputs, about ``mix`` times one unit's (one more Kronecker term; needs ``split="keep"``
+    and replaces the noise). Default: ``DEFAULT_MIX`` under a keep split when no noise is
+    given and ``rank`` leaves room for the term, else 0.
     """
     return MangoOperator(source, target_dims, rank=rank, init=init, noise=noise, seed=seed, split=split, mix=mix)
 
