@@ -93,7 +93,8 @@ def add_parser(sub) -> None:
     learned.add_argument("--mix", type=float,
                          help="mango only: add to each new unit's key, value and FFN inputs a random mixture of its "
                          "source units' inputs, about X times one unit's; the new units start silent, so the start "
-                         "keeps the function (needs --split keep; replaces --noise; default 0)")
+                         "keeps the function (needs --split keep; replaces --noise; default 2 under --split keep when "
+                         "--noise is not given and --rank leaves room for its term, else 0)")
     add_device_option(learned, "the fit (the operator always computes in fp32)")
     add_checkpoint_option(learned, "fit (into OUT_DIR.partial/, removed once OUT_DIR is written)")
     add_data_options(p)

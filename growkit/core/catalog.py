@@ -104,7 +104,8 @@ CATALOG: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("ligo", "LiGO: learned width and depth maps, fit on the target's loss (init: stackbert_noisy or a "
                "fixed method)", options=(INIT, NOISE)),
     MethodInfo("mango", "Mango: learned tensor-ring (multi-linear) growth operator of rank R; by default its "
-               "function-preserving start (Net2Net width, new copies silent, identity layers), fit with --steps N",
+               "function-preserving start (Net2Net width, new units silent reading mixed inputs, identity layers), "
+               "fit with --steps N",
                options=(RANK, INIT, NOISE, SPLIT, MIX), fit_steps=0, fit_lr=1e-4),
 )}
 #: every option some method takes, in the order the command line checks them
