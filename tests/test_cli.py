@@ -161,7 +161,7 @@ def test_mango_mix_from_the_command_line_keeps_the_function(base, tmp_path, caps
     args = ["grow", str(base / "small"), str(out), "--method", "mango", "--hidden", "64", "--layers", "4"]
     assert main([*args, "--mix", "1", "--split", "even"]) == 1
     assert "mix needs split='keep'" in capsys.readouterr().err and not out.exists()
-    assert main([*args, "--mix", "1", "--init", "exact"]) == 0  # exact: whole factors, even copies
+    assert main([*args, "--mix", "1"]) == 0
     source, grown = load_pretrained(base / "small"), load_pretrained(out)
     ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -27,7 +27,11 @@ def _select(n_old: int, n_new: int, strategy: str, gen: torch.Generator) -> Tens
                 "use net2net or bert2bert for other sizes"
             )
         return torch.arange(n_new) % n_old
-    extra = torch.randint(0, n_old, (n_new - n_old,), generator=gen)
+    if strategy == "balanced":  # every unit copied floor or ceil(n_new / n_old) times, the copies in random order
+        rounds = [torch.randperm(n_old, generator=gen) for _ in range(-(-n_new // n_old) - 1)]
+        extra = torch.cat([torch.empty(0, dtype=torch.long), *rounds])[: n_new - n_old]
+    else:
+        extra = torch.randint(0, n_old, (n_new - n_old,), generator=gen)
     return torch.cat([torch.arange(n_old), extra])
 
 
@@ -84,7 +88,8 @@ class WidthMap:
 
     @classmethod
     def build(cls, src: Dims, tgt: Dims, strategy: str, gen: torch.Generator) -> "WidthMap":
-        """Choose copies for hidden, FFN and heads; ``strategy`` is ``"random"`` or ``"tile"``."""
+        """Choose copies for hidden, FFN and heads; ``strategy`` is ``"random"`` (with replacement, as Net2Net),
+        ``"balanced"`` (without: every unit copied as evenly as the sizes allow) or ``"tile"``."""
         if strategy == "tile":
             check_factors(src, tgt)
         hd = src.head_dim

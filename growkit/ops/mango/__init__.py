@@ -53,7 +53,8 @@ Start. Each start is a sum of c Kronecker terms placed on the ring's diagonal
   normalises away their scale), while a silent copy's outgoing weights grow from
   the gradient alone, so its inputs then learn something else. The selection is
   head-aligned: growkit's own GQA-aware head map
-  (:class:`~growkit.ops.width.WidthMap`), applied to the hidden units, to the
+  (:class:`~growkit.ops.width.WidthMap`, its random copies drawn without
+  replacement), applied to the hidden units, to the
   positions inside every FFN and attention tile, and to the kv heads through the
   spread K layout. S_B copies whole tiles (identity when ceil(F/D) is
   unchanged), sharing ``.in`` tiles among their copies the same way.

@@ -32,6 +32,8 @@ def _select_matrix(index: Tensor, n_old: int) -> Tensor:
 
 
 def _head_selection(src: Dims, tgt: Dims, strategy: str, gen: torch.Generator) -> WidthMap:
+    """The head-aligned copy map; random copies are drawn without replacement, so at whole factors every
+    unit has as many copies as any other and the norms' statistics, and the function, stay exact."""
     for label, d in (("source", src), ("target", tgt)):
         if d.heads * d.head_dim != d.hidden:
             raise GrowError(
@@ -41,7 +43,7 @@ def _head_selection(src: Dims, tgt: Dims, strategy: str, gen: torch.Generator) -
     if tgt.heads // tgt.kv_heads < src.heads // src.kv_heads:
         raise GrowError("Mango cannot start from a target with smaller query groups (heads per kv head) than the source")
     at_src_depth = Dims(tgt.hidden, tgt.ffn, tgt.heads, tgt.kv_heads, tgt.head_dim, src.layers)
-    return WidthMap.build(src, at_src_depth, strategy, gen)
+    return WidthMap.build(src, at_src_depth, "balanced" if strategy == "random" else strategy, gen)
 
 
 def _tile_map(src: Packing, tgt: Packing, split: str) -> Tensor:
