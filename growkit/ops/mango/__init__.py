@@ -85,7 +85,8 @@ Start. Each start is a sum of c Kronecker terms placed on the ring's diagonal
 
 Reachable fixed methods (``init=``; ``grow_fixed`` with the registry's width and
 depth, ``noise=0``, and Mango's selection; see :attr:`MangoOperator.copy_map`). The
-default ``rank=None`` takes the start's min. rank, so ``init=net2net`` alone gives rank 2:
+default ``rank=None`` takes the start's min. rank (one more for the mixing term, which
+the default ``mix`` adds under ``split="keep"``), so ``init=net2net, split="even"`` gives rank 2:
 
 =============  ==========  ====================================================
 init           min. rank   note
@@ -94,6 +95,7 @@ stackbert      1           Net2Net width, stacked layers
 interpolate    1           Net2Net width, layers repeated in place
 net2net        2           Net2Net width, identity insertion (two terms; 1 if
                            no layer is added); the default, with split=keep
+                           and mix=2 (rank 3)
 bert2bert      2           AKI width (two terms; 1 if no unit is added), stacked
 exact          2           tiled width, identity insertion (1 if no layer is
                            added); equals ``grow_fixed(..., "tile", "identity",

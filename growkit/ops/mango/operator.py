@@ -1,6 +1,6 @@
 """The Mango operator, its registry entry and its cost hooks (see :mod:`growkit.ops.mango`).
 
-The recipe's defaults are the module-level constants at the top (``DEFAULT_INIT``, ``DEFAULT_SPLIT``);
+The recipe's defaults are the module-level constants at the top (``DEFAULT_INIT``, ``DEFAULT_SPLIT``, ``DEFAULT_MIX``);
 its fit defaults (no fit: the start is materialised as is; lr 1e-4 when a fit is asked for) are the
 ``fit_steps``/``fit_lr`` of its catalog entry, which ``grow``, the CLI and the bench all read.
 """
