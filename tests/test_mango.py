@@ -557,3 +557,14 @@ def test_random_copies_are_drawn_without_replacement(n_old, n_new):
     assert torch.equal(index[:n_old], torch.arange(n_old))  # the old units first
     counts = torch.bincount(index, minlength=n_old)
     assert counts.max() - counts.min() <= 1 and counts.sum() == n_new
+
+
+def test_the_default_mixes_only_where_there_are_silent_units_and_room():
+    _, adapter, src, config = _grown("gpt2", {"num_hidden_layers": 4})  # depth only: no new units
+    assert MangoOperator(src, adapter.dims(config)).rank == 2
+    _, adapter, src, config = _grown("gpt2")
+    tgt = adapter.dims(config)
+    assert MangoOperator(src, tgt).rank == 3  # the start's two terms and the mixing term
+    assert MangoOperator(src, tgt, rank=2).rank == 2  # no room: no mixing
+    assert MangoOperator(src, tgt, noise=0.01).rank == 2 and MangoOperator(src, tgt, split="even").rank == 2
+    assert parameter_count(src, tgt) == sum(p.numel() for p in MangoOperator(src, tgt).parameters())

@@ -178,12 +178,14 @@ def _check_init(init: str, rank: int | None) -> None:
 
 def resolve_mix(mix: float | None, init: str, split: str, noise: float | None, rank: int | None,
                 source: Dims, target: Dims) -> float:
-    """``mix`` as given, else ``DEFAULT_MIX`` where the start has silent units to mix (a keep split), no
-    noise is asked for and the rank leaves room for the mixing term (``rank=None`` always does), else 0."""
+    """``mix`` as given, else ``DEFAULT_MIX`` where the start has silent units to mix (a keep split and a
+    wider target), no noise is asked for and the rank leaves room for the mixing term (``rank=None``
+    always does), else 0."""
     if mix is not None:
         return float(mix)
     room = rank is None or rank > start_rank(init, source, target)
-    return DEFAULT_MIX if split == "keep" and noise is None and room else 0.0
+    silent = split == "keep" and target.hidden > source.hidden
+    return DEFAULT_MIX if silent and noise is None and room else 0.0
 
 
 def _check_mix(mix: float, split: str, noise: float | None) -> None:
