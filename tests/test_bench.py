@@ -396,7 +396,9 @@ def test_tiny_long_fits_cost_at_most_five_percent_of_its_budget(family, tmp_path
 def test_cli_parses_seeds_and_options():
     from growkit.cli.bench import parse_options, parse_seeds
 
-    assert parse_seeds("2") == [0, 1] and parse_seeds("0,3") == [0, 3]
+    assert parse_seeds("2") == [0, 1] and parse_seeds("0,3") == [0, 3] and parse_seeds("0,") == [0]
+    with pytest.raises(GrowError, match="to run seed 0 alone, write --seeds 0,"):
+        parse_seeds("0")
     assert parse_options(["mango:rank=2", "ligo:init=stackbert", "mango:lr=0.5"]) == {
         "mango": {"rank": 2, "lr": 0.5}, "ligo": {"init": "stackbert"}}
     for bad in ("0", "a", "1,1"):

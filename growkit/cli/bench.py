@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
                    help="comma-separated methods, or variants such as mango+rank=2 or ligo+fit_steps=300 "
                    f"(fit_steps, fit_lr, train_lr, train_warmup or a grow() option); scratch always runs "
                    f"(default {DEFAULT_METHODS})")
-    p.add_argument("--seeds", default="1", help="number of seeds (0..N-1), or a comma-separated list such as 0,3 (default 1)")
+    p.add_argument("--seeds", default="1", help="number of seeds (0..N-1), or a comma-separated list such as 0,3 or 0, (seed 0 alone) (default 1)")
     p.add_argument("--out", type=Path, help="output folder (default runs/bench-<family>-<preset>)")
     p.add_argument("--data", help="text file or folder, or a tokens folder from `growkit tokenize` (gpt2, bert, "
                    "llama); 'digits' or a class-per-folder image "
@@ -83,15 +83,16 @@ def add_parser(sub) -> None:
 
 def parse_seeds(text: str) -> list[int]:
     try:
-        if "," in text:
-            seeds = [int(s) for s in text.split(",") if s.strip()]
-        else:
-            count = int(text)
-            if count < 1:
-                raise GrowError("--seeds must be at least 1")
-            seeds = list(range(count))
+        listed = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise GrowError(f"--seeds takes a count or a comma-separated list of integers, not {text!r}") from None
+    if "," in text:
+        seeds = listed
+    elif listed and listed[0] < 1:
+        hint = "; to run seed 0 alone, write --seeds 0," if listed[0] == 0 else ""
+        raise GrowError(f"--seeds {text} is a count of seeds and must be at least 1{hint}")
+    else:
+        seeds = list(range(listed[0])) if listed else []
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise GrowError(f"--seeds must name distinct non-negative seeds, got {text!r}")
     return seeds
