@@ -35,7 +35,9 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -514,9 +516,9 @@ class Runner:
                                 self.trained.append((seed, entry))
                 except BaseException as err:
                     pool.shutdown(wait=False, cancel_futures=True)  # the queued runs never start
-                    if isinstance(err, KeyboardInterrupt):  # Ctrl-C or SIGTERM: the running runs stop now too
-                        for worker in multiprocessing.active_children():
-                            worker.terminate()
+                    if isinstance(err, KeyboardInterrupt):  # Ctrl-C or SIGTERM: interrupt the running runs too,
+                        for worker in multiprocessing.active_children():  # as Ctrl-C on a terminal does (a killed
+                            os.kill(worker.pid, signal.SIGINT)  # worker could leave the log queue's lock held)
                     raise
         finally:
             queue.put(None)
