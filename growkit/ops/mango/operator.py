@@ -43,8 +43,7 @@ UNREACHABLE = {
 def parameter_count(source: Canonical, target_dims: Dims, rank: int | None = None, init: str = DEFAULT_INIT,
                     noise: float | None = None, split: str = DEFAULT_SPLIT, mix: float | None = None) -> int:
     """The Mango operator's parameter count, R^2 (B1 B2 + 2 D1 D2 + L1 L2), without building it."""
-    mix = resolve_mix(mix, init, split, noise, rank, source.dims, target_dims)
-    rank = start_rank(init, source.dims, target_dims, mix) if rank is None else rank
+    _, rank = _mix_and_rank(mix, init, split, noise, rank, source.dims, target_dims)
     (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
     return rank * rank * (b1 * b2 + 2 * s.hidden * t.hidden + s.layers * t.layers)
 
@@ -56,8 +55,7 @@ def materialize_flops(source: Canonical, target_dims: Dims, rank: int | None = N
     For ``--dry-run``, where the operator cannot be built (its start is not meta-safe); the
     vectors' and embeddings' maps are small beside it and not counted.
     """
-    mix = resolve_mix(mix, init, split, noise, rank, source.dims, target_dims)
-    rank = start_rank(init, source.dims, target_dims, mix) if rank is None else rank
+    _, rank = _mix_and_rank(mix, init, split, noise, rank, source.dims, target_dims)
     (b1, b2), s, t = _blocks(source, target_dims), source.dims, target_dims
     cores = [(rank, n1, n2, rank) for n1, n2 in ((b1, b2), (s.hidden, t.hidden), (s.hidden, t.hidden), (s.layers, t.layers))]
     return float(ring_path((b1, s.hidden, s.hidden, s.layers), cores).opt_cost)
@@ -88,7 +86,7 @@ class MangoOperator(GrowthOperator):
         _check_init(init, rank)
         if split not in SPLITS:
             raise GrowError(f"Mango's split must be one of {', '.join(SPLITS)}, got {split!r}")
-        mix = resolve_mix(mix, init, split, noise, rank, source.dims, target_dims)
+        mix, rank = _mix_and_rank(mix, init, split, noise, rank, source.dims, target_dims)
         _check_mix(mix, split, noise)
         method = fixed_methods()[init]
         noise = 0.0 if mix else method.width_operator.noise if noise is None else float(noise)
@@ -99,7 +97,6 @@ class MangoOperator(GrowthOperator):
         self.src, self.tgt = Packing(self.placements, source.dims), Packing(self.placements, target_dims)
         gen = torch.Generator().manual_seed(seed)
         start = build_start(self.src, self.tgt, init, noise, gen, split, mix)
-        rank = start_rank(init, source.dims, target_dims, mix) if rank is None else rank
         self.rank = rank
         if len(start.terms) > rank:
             raise GrowError(
@@ -176,16 +173,21 @@ def _check_init(init: str, rank: int | None) -> None:
         )
 
 
-def resolve_mix(mix: float | None, init: str, split: str, noise: float | None, rank: int | None,
-                source: Dims, target: Dims) -> float:
-    """``mix`` as given, else ``DEFAULT_MIX`` where the start has silent units to mix (a keep split and a
+def _mix_and_rank(mix: float | None, init: str, split: str, noise: float | None, rank: int | None,
+                  source: Dims, target: Dims) -> tuple[float, int]:
+    """The mix and the rank the operator takes.
+
+    ``mix`` as given, else ``DEFAULT_MIX`` where the start has silent units to mix (a keep split and a
     wider target), no noise is asked for and the rank leaves room for the mixing term (``rank=None``
-    always does), else 0."""
-    if mix is not None:
-        return float(mix)
-    room = rank is None or rank > start_rank(init, source, target)
-    silent = split == "keep" and target.hidden > source.hidden
-    return DEFAULT_MIX if silent and noise is None and room else 0.0
+    always does), else 0. ``rank`` as given, else the start's terms, the mixing term included.
+    """
+    terms = start_rank(init, source, target)
+    if mix is None:
+        silent = split == "keep" and target.hidden > source.hidden
+        room = rank is None or rank > terms
+        mix = DEFAULT_MIX if silent and noise is None and room else 0.0
+    mix = float(mix)
+    return mix, terms + (1 if mix else 0) if rank is None else rank
 
 
 def _check_mix(mix: float, split: str, noise: float | None) -> None:

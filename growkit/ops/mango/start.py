@@ -108,9 +108,7 @@ def build_start(src: Packing, tgt: Packing, init: str, noise: float, gen: torch.
     tiles = _tile_map(src, tgt, split)
     depth = [(tiles, None)]
     if any(dmap.silenced):
-        residual = torch.zeros(tgt.blocks, dtype=torch.bool)
-        for name in tgt.matrices:
-            residual[tgt.tiles(name)] = name in RESIDUAL_OUTPUTS
+        residual = _tile_mask(tgt, RESIDUAL_OUTPUTS)
         keep = ~torch.tensor(dmap.silenced)
         depth = [(tiles * ~residual, None), (tiles * residual, keep)]
     layers1, source_layer = src.dims.layers, torch.tensor(dmap.source)
@@ -144,13 +142,17 @@ def _mixing_term(tgt: Packing, tiles: Tensor, shares: Tensor, sigma: Tensor, s_l
     only its zero-started outgoing weights set it apart. The mixing weights are
     N(0, mix^2 / D1): the mixture is about ``mix`` times as large as one unit's inputs.
     """
-    readers = torch.zeros(tgt.blocks, dtype=torch.bool)
-    for name in MIXED:
-        if name in tgt.matrices:
-            readers[tgt.tiles(name)] = True
     d1, new = shares.shape[0], ~_first_copies(sigma, shares.shape[0])
     s_o = torch.randn(d1, len(sigma), generator=gen, dtype=torch.float64) * (mix / math.sqrt(d1)) * new
-    return tiles * readers, shares, s_o, s_l
+    return tiles * _tile_mask(tgt, MIXED), shares, s_o, s_l
+
+
+def _tile_mask(tgt: Packing, names: tuple[str, ...]) -> Tensor:
+    """Which of the target's packed tiles belong to the matrices ``names``."""
+    mask = torch.zeros(tgt.blocks, dtype=torch.bool)
+    for name in tgt.matrices:
+        mask[tgt.tiles(name)] = name in names
+    return mask
 
 
 def _copy_map(wmap: WidthMap, sigma: Tensor, src: Packing, tgt: Packing) -> WidthMap | None:
@@ -194,9 +196,9 @@ def ring_cores(start: Start, rank: int, sizes: dict[str, tuple[int, int]], gen: 
     return [core(0, b1, b2, False), core(1, d1, d2, True), core(2, d1, d2, True), core(3, l1, l2, False)]
 
 
-def start_rank(init: str, source: Dims, target: Dims, mix: float = 0.0) -> int:
-    """The number of Kronecker terms of the start ``init`` (the default rank), without building it."""
+def start_rank(init: str, source: Dims, target: Dims) -> int:
+    """The number of Kronecker terms of the fixed method ``init``'s start, without building it."""
     method = fixed_methods()[init]
     silenced = any(method.depth_operator.layer_map(source.layers, target.layers).silenced)
     borrows = method.width_operator.knowledge_from_next_layer and target.hidden > source.hidden
-    return (2 if silenced else 1) * (2 if borrows else 1) + (1 if mix else 0)
+    return (2 if silenced else 1) * (2 if borrows else 1)
