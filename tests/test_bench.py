@@ -12,7 +12,7 @@ from growkit.bench import BenchSpec, Curve, compare, convergence, first_reach, g
 from growkit.bench.plots import seed_band
 from growkit.bench.report import (PLOTS, paired, report_markdown, source_worth, summarise, text_paired, text_table, warnings,
                                   write_report)
-from growkit.bench.savings import savings_curve
+from growkit.bench.savings import back_to, savings_curve
 from growkit.core.errors import GrowError
 from growkit.settings import FitConfig
 
@@ -135,6 +135,18 @@ def test_source_worth_is_scratch_share_of_flops_to_reach_the_small_models_loss()
     assert worth[1] is None  # scratch never reached a source that good
 
 
+def test_back_to_finds_where_a_run_climbs_back_to_the_small_models_loss():
+    def curve(losses):
+        return Curve([i * 10 for i in range(len(losses))], [i * 100.0 for i in range(len(losses))],
+                     [float(i) for i in range(len(losses))], losses)
+
+    step, highest = back_to(curve([4.7, 4.9, 4.8, 4.6, 4.5]), 4.7)  # the re-warm bump: up 0.2, back between 20 and 30
+    assert step == pytest.approx(25.0) and highest == 4.9
+    assert back_to(curve([4.7, 4.9, 4.8]), 4.7) == (None, 4.9)  # never back: the highest of the whole run
+    assert back_to(curve([7.6, 5.0, 4.0]), 4.5) == (pytest.approx(15.0), 5.0)  # scratch: its steps to that loss
+    assert back_to(curve([4.7, 4.6]), 4.7) == (10.0, 4.6)  # no bump: back at the first evaluation
+
+
 def test_seed_band_interpolates_onto_a_shared_grid():
     a = {"seconds": [0.0, 10.0, 20.0], "loss": [4.0, 3.0, 2.0]}
     b = {"seconds": [1.0, 9.0, 21.0], "loss": [4.0, 2.0, 1.0]}
@@ -185,6 +197,8 @@ def test_smoke_writes_report_results_and_plots(smoke):
     assert (out / "source-gpt2-smoke-seed0" / "DONE").is_file()
     assert "ligo" in text_table(summary)
     assert set(data["source_worth"]) == {"0"}
+    assert "## Back at the small model's loss" in report
+    assert data["methods"]["exact"]["steps_to_source_loss"]["of"] == 1
 
 
 def test_smoke_curves_start_at_the_fit_cost(smoke):

@@ -10,7 +10,7 @@ from ..arch import IMAGE, family_adapter
 from ..core.catalog import CATALOG
 from ..settings import FitConfig
 from .runner import BenchResult
-from .savings import CURVE_FRACTIONS, Comparison, Curve, compare, convergence, reach, savings_curve
+from .savings import CURVE_FRACTIONS, Comparison, Curve, back_to, compare, convergence, reach, savings_curve
 
 CONVERGED = 0.02  #: scratch should improve by less than this over the last fifth of its budget
 MARGIN = 0.02  #: scratch's final loss should be at least this much (relative) below the small model's
@@ -108,6 +108,8 @@ def summarise(result: BenchResult) -> dict:
     for m in methods:
         rows = [per_seed[s][m] for s in per_seed]
         recs = [result.runs[s][m] for s in per_seed]
+        back = [back_to(Curve.from_history(result.runs[s][m]["history"]), result.sources[s]["eval_loss"])
+                for s in per_seed]
         table[m] = {
             "final_loss": _stats([c.final_loss for c in rows]),
             "steps_to_target": _stats([c.reach.step for c in rows]),
@@ -118,6 +120,8 @@ def summarise(result: BenchResult) -> dict:
             "fit_flops": _stats([r["fit_flops"] for r in recs]),
             "fit_seconds": _stats([r["grow_seconds"] for r in recs]),
             "initial_loss": _stats([Curve.from_history(r["history"]).loss[0] for r in recs]),
+            "steps_to_source_loss": _stats([step for step, _ in back]),
+            "highest_loss_before": _stats([highest for _, highest in back]),
             # wall figures compare with scratch's seconds, so a busy scratch run spoils every method's
             "wall_unreliable": any(m in busy.get(s, {}) or "scratch" in busy.get(s, {}) for s in per_seed),
         }
@@ -226,6 +230,13 @@ def paired_rows(summary: dict) -> list[list[str]]:
 
 
 PAIRED_HEADER = ["method", "mean (points)", "min", "max", "seeds ahead"]
+
+
+def back_rows(summary: dict) -> list[list[str]]:
+    """method, loss at start, highest eval loss until back at the small model's, steps to get there."""
+    return [[m, _cell(t["initial_loss"], ".3f", spread=False),
+             "—" if m == "scratch" else _cell(t["highest_loss_before"], ".3f"),
+             _cell(t["steps_to_source_loss"], ".0f")] for m, t in summary["methods"].items()]
 
 
 def baselines_line(summary: dict) -> str:
@@ -343,6 +354,14 @@ def report_markdown(summary: dict) -> str:
     note = busy_note(summary)
     if note:
         lines += [f"**\\{note}.**", ""]
+    lines += ["## Back at the small model's loss", "",
+              "A trained model's eval loss first rises when training starts again at the peak learning rate (the "
+              "schedule warms up anew), so a start at the small model's loss spends its first steps climbing back "
+              "there: those steps are head start lost. Steps after step 0 until each run's eval loss is back at "
+              "the small model's (interpolated between evaluations; for scratch, the steps behind the source's "
+              "worth), and the highest eval loss on the way.", "",
+              _markdown(["method", "loss at start", "highest eval loss after step 0, until back",
+                         "steps to the small model's loss"], back_rows(summary)), ""]
     lines += ["## Paired with the best fixed baseline", ""]
     if all(b is None for b in summary["best_fixed"].values()):
         lines += ["No fixed baseline (" + ", ".join(FIXED) + ") ran and reached the target, so there is nothing to "

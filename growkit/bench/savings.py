@@ -138,6 +138,20 @@ def savings_curve(curve: Curve, scratch: Curve, fractions: Sequence[float] = CUR
     return out
 
 
+def back_to(curve: Curve, loss: float) -> tuple[float | None, float]:
+    """Once training has started: the step at which the run is back down at ``loss``, and its highest
+    eval loss until then (over the whole run if never).
+
+    A trained model's loss first rises when training starts again at a high learning rate (the
+    schedule warms up anew), so a start at the small model's loss spends its first steps
+    climbing back there. The step is interpolated between evaluations, from the first one after
+    step 0 on; None: never back.
+    """
+    step = first_reach(curve.step[1:], curve.loss[1:], loss)
+    until = [l for s, l in zip(curve.step[1:], curve.loss[1:]) if step is None or s <= step]
+    return step, max(until, default=math.nan)
+
+
 def convergence(curve: Curve, fraction: float = 0.2) -> float:
     """Relative eval-loss improvement over the last ``fraction`` of the steps: (L(start) - L(end)) / L(start).
 
