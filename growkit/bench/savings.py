@@ -148,7 +148,7 @@ def back_to(curve: Curve, loss: float) -> tuple[float | None, float]:
     step 0 on; None: never back.
     """
     step = first_reach(curve.step[1:], curve.loss[1:], loss)
-    until = [l for s, l in zip(curve.step[1:], curve.loss[1:]) if step is None or s <= step]
+    until = [value for s, value in zip(curve.step[1:], curve.loss[1:]) if step is None or s <= step]
     return step, max(until, default=math.nan)
 
 
