@@ -95,12 +95,12 @@ def busy_runs(result: BenchResult) -> dict[int, dict[str, dict]]:
 def summarise(result: BenchResult) -> dict:
     """Everything results.json holds: settings, per-seed comparisons, per-method statistics."""
     spec, p = result.spec, result.spec.preset
+    curves = {s: {m: Curve.from_history(r["history"]) for m, r in runs.items()} for s, runs in result.runs.items()}
     per_seed: dict[int, dict[str, Comparison]] = {}
     scratch_conv = {}
-    for seed, runs in result.runs.items():
-        scratch = Curve.from_history(runs["scratch"]["history"])
-        scratch_conv[seed] = convergence(scratch)
-        per_seed[seed] = {m: compare(m, Curve.from_history(r["history"]), scratch) for m, r in runs.items()}
+    for seed, runs in curves.items():
+        scratch_conv[seed] = convergence(runs["scratch"])
+        per_seed[seed] = {m: compare(m, curve, runs["scratch"]) for m, curve in runs.items()}
     methods = result.info["methods"]
     busy = busy_runs(result)
     pairs, baselines = paired(per_seed, methods)
@@ -108,8 +108,7 @@ def summarise(result: BenchResult) -> dict:
     for m in methods:
         rows = [per_seed[s][m] for s in per_seed]
         recs = [result.runs[s][m] for s in per_seed]
-        back = [back_to(Curve.from_history(result.runs[s][m]["history"]), result.sources[s]["eval_loss"])
-                for s in per_seed]
+        back = [back_to(curves[s][m], result.sources[s]["eval_loss"]) for s in per_seed]
         table[m] = {
             "final_loss": _stats([c.final_loss for c in rows]),
             "steps_to_target": _stats([c.reach.step for c in rows]),
@@ -119,7 +118,7 @@ def summarise(result: BenchResult) -> dict:
             "wall_savings": _stats([c.wall_savings for c in rows]),
             "fit_flops": _stats([r["fit_flops"] for r in recs]),
             "fit_seconds": _stats([r["grow_seconds"] for r in recs]),
-            "initial_loss": _stats([Curve.from_history(r["history"]).loss[0] for r in recs]),
+            "initial_loss": _stats([curves[s][m].loss[0] for s in per_seed]),
             "steps_to_source_loss": _stats([step for step, _ in back]),
             "highest_loss_before": _stats([highest for _, highest in back]),
             # wall figures compare with scratch's seconds, so a busy scratch run spoils every method's
@@ -146,8 +145,7 @@ def summarise(result: BenchResult) -> dict:
         "busy_runs": busy,
         "load": {s: {m: r.get("load") for m, r in runs.items()} for s, runs in result.runs.items()},
         "per_seed": {s: {m: c.to_dict() for m, c in comps.items()} for s, comps in per_seed.items()},
-        "curves": {s: {m: Curve.from_history(r["history"]).__dict__ for m, r in runs.items()}
-                   for s, runs in result.runs.items()},
+        "curves": {s: {m: curve.__dict__ for m, curve in runs.items()} for s, runs in curves.items()},
     }
 
 
