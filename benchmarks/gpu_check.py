@@ -20,6 +20,8 @@ after every part (a part that fails is recorded and the next one still runs):
 
     bash benchmarks/gpu_check.sh                      # on a GPU: about 9 minutes on one H100
     bash benchmarks/gpu_check.sh --dry                # anywhere: tiny sizes, a few steps, CPU (CI runs this)
+    bash benchmarks/gpu_check.sh --sections cuda_tests,savings --steps 2400 --jobs 5 \
+        --methods scratch,net2net,bert2bert,ligo,mango     # the savings preset at a budget chosen by hand
     python benchmarks/gpu_check.py --sections throughput,mango --budget 300
 """
 from __future__ import annotations
@@ -51,6 +53,9 @@ class Check:
 
     def __init__(self, out: Path, budget: float, dry: bool):
         self.out, self.budget, self.dry = out, budget, dry
+        self.methods = "scratch,bert2bert,ligo,mango"  #: the savings section's methods (--methods)
+        self.jobs = 1  #: the savings section's worker processes, all on the one GPU (--jobs)
+        self.steps: int | None = None  #: the savings section's target steps (--steps), else fitted to the time left
         self.start = time.perf_counter()
         self.data: dict = {"dry": dry, "budget_s": budget, "sections": {}}
         self.path = out / "gpu_check.json"
@@ -354,13 +359,15 @@ def savings(check: Check, deadline: float) -> dict:
 
     dry = check.dry
     preset = get_preset("gpt2", "smoke" if dry else "small")
-    methods = "scratch,bert2bert,ligo,mango"
-    argv = [sys.executable, "-m", "growkit", "bench", "--family", "gpt2", "--preset", preset.name, "--methods", methods,
-            "--seeds", "1", "--out", str(check.out / "savings")]
+    argv = [sys.executable, "-m", "growkit", "bench", "--family", "gpt2", "--preset", preset.name, "--methods",
+            check.methods, "--seeds", "1", "--jobs", str(check.jobs), "--out", str(check.out / "savings")]
     steps, source_steps = preset.budget.steps, preset.source_budget.steps
     if dry:  # the smoke preset, shorter still: this only proves the pipeline
         steps, source_steps = 8, 8
         argv += ["--steps", "8", "--source-steps", "8", "--fit-steps", "2"]
+    elif check.steps:  # a budget chosen by hand: the source keeps the preset's share of it
+        steps, source_steps = check.steps, max(round(check.steps * source_steps / steps), 1)
+        argv += ["--steps", str(steps), "--source-steps", str(source_steps)]
     else:
         # The full preset (4000 source + 4 x 6000 target steps) does not fit a short lease: scale both budgets
         # by the time left, from the target's measured step time (the throughput section's eager figure).
@@ -389,7 +396,8 @@ def export(check: Check, folder: Path) -> None:
     """Copy the few files worth keeping (the JSON, the logs, the bench report and plots) flat into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     wanted = [check.path, check.out / "savings" / "report.md", check.out / "savings" / "loss_vs_flops.png",
-              check.out / "savings" / "loss_vs_seconds.png", check.out / "savings.log", check.out / "fsdp.log",
+              check.out / "savings" / "loss_vs_seconds.png", check.out / "savings" / "savings_curve.png",
+              check.out / "savings.log", check.out / "fsdp.log",
               check.out / "cuda_tests.log"]
     for path in wanted:
         if path.is_file():
@@ -403,6 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", type=Path, help="also copy the JSON, logs, report and plots into this folder")
     parser.add_argument("--budget", type=float, help="seconds for the whole check (default 540; dry mode 900, a ceiling for slow machines)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--methods", default="scratch,bert2bert,ligo,mango", help="the savings section's methods")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="the savings section's worker processes, sharing the GPU (a small target leaves it idle)")
+    parser.add_argument("--steps", type=int, help="the savings section's target steps (the source keeps the preset's "
+                                                   "share); default: as many as the time left allows with --jobs 1")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, if its name is not in the table")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -412,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     check = Check(args.out, args.budget or (900.0 if args.dry else 540.0), args.dry)
     check.peak = args.peak_tflops
+    check.methods, check.jobs, check.steps = args.methods, args.jobs, args.steps
     dev = device()
     check.data["device"] = {
         "torch": torch.__version__, "cuda": torch.version.cuda, "type": dev.type,
