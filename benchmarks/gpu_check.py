@@ -55,6 +55,7 @@ class Check:
         self.out, self.budget, self.dry = out, budget, dry
         self.methods = "scratch,bert2bert,ligo,mango"  #: the savings section's methods (--methods)
         self.jobs = 1  #: the savings section's worker processes, all on the one GPU (--jobs)
+        self.seeds = 1  #: the savings section's seeds (--seeds)
         self.steps: int | None = None  #: the savings section's target steps (--steps), else fitted to the time left
         self.start = time.perf_counter()
         self.data: dict = {"dry": dry, "budget_s": budget, "sections": {}}
@@ -360,7 +361,7 @@ def savings(check: Check, deadline: float) -> dict:
     dry = check.dry
     preset = get_preset("gpt2", "smoke" if dry else "small")
     argv = [sys.executable, "-m", "growkit", "bench", "--family", "gpt2", "--preset", preset.name, "--methods",
-            check.methods, "--seeds", "1", "--jobs", str(check.jobs), "--out", str(check.out / "savings")]
+            check.methods, "--seeds", str(check.seeds), "--jobs", str(check.jobs), "--out", str(check.out / "savings")]
     steps, source_steps = preset.budget.steps, preset.source_budget.steps
     if dry:  # the smoke preset, shorter still: this only proves the pipeline
         steps, source_steps = 8, 8
@@ -414,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="scratch,bert2bert,ligo,mango", help="the savings section's methods")
     parser.add_argument("--jobs", type=int, default=1,
                         help="the savings section's worker processes, sharing the GPU (a small target leaves it idle)")
+    parser.add_argument("--seeds", type=int, default=1, help="the savings section's seeds (default 1)")
     parser.add_argument("--steps", type=int, help="the savings section's target steps (the source keeps the preset's "
                                                    "share); default: as many as the time left allows with --jobs 1")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, if its name is not in the table")
@@ -425,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     check = Check(args.out, args.budget or (900.0 if args.dry else 540.0), args.dry)
     check.peak = args.peak_tflops
-    check.methods, check.jobs, check.steps = args.methods, args.jobs, args.steps
+    check.methods, check.jobs, check.seeds, check.steps = args.methods, args.jobs, args.seeds, args.steps
     dev = device()
     check.data["device"] = {
         "torch": torch.__version__, "cuda": torch.version.cuda, "type": dev.type,
