@@ -23,6 +23,9 @@ class TrainConfig:
     warmup: int = 20  #: steps of linear warmup from lr/warmup to lr
     schedule: str = "cosine"  #: decay after warmup: cosine, linear or constant
     min_lr_ratio: float = 0.1  #: the decay ends at lr * min_lr_ratio
+    #: the decay reaches its floor at this share of ``steps`` and the lr holds there after (1: at the last step).
+    #: A grown model starts trained, so it may anneal sooner than scratch (LEMON's faster decay after growth).
+    decay_fraction: float = 1.0
     weight_decay: float = 0.1  #: AdamW decay, on matrices only (not biases, norms)
     betas: tuple[float, float] = (0.9, 0.95)
     clip: float = 1.0  #: max gradient norm; 0 turns clipping off
@@ -63,6 +66,8 @@ class TrainConfig:
                 raise GrowError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.lr <= 0 or self.log_every < 1 or not 0 <= self.min_lr_ratio <= 1:
             raise GrowError("lr must be positive, log_every at least 1 and min_lr_ratio within [0, 1]")
+        if not 0 < self.decay_fraction <= 1:
+            raise GrowError(f"decay_fraction must be within (0, 1], got {self.decay_fraction}")
 
 
 @dataclass

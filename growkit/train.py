@@ -65,14 +65,16 @@ class TrainResult:
 
 
 def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
-    """The multiplier of ``cfg.lr`` at each step: linear warmup, then the chosen decay to ``min_lr_ratio``."""
+    """The multiplier of ``cfg.lr`` at each step: linear warmup, then the chosen decay to ``min_lr_ratio``,
+    reached at ``decay_fraction`` of the steps and held after."""
+    decay_end = round(cfg.steps * cfg.decay_fraction)
 
     def factor(step: int) -> float:
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
         if cfg.schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        progress = min(1.0, (step - cfg.warmup) / max(1, decay_end - cfg.warmup))
         decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 

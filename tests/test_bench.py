@@ -431,7 +431,7 @@ def test_cli_grown_schedule_goes_to_the_preset_and_bad_values_are_refused():
     assert spec.preset.grown_train == {"train_lr": 1e-3, "train_warmup": 5}
     assert spec.preset.budget == get_preset("gpt2", "smoke").budget  # scratch's schedule is untouched
     for bad in (["--grown-lr", "0"], ["--grown-warmup", "-1"]):
-        with pytest.raises(GrowError, match="--grown-lr/--grown-warmup: train_"):
+        with pytest.raises(GrowError, match="--grown-lr/--grown-warmup/--grown-decay-fraction: train_"):
             build_spec(parse(["bench", "--preset", "smoke", *bad]))
     with pytest.raises(GrowError, match="--scratch-lr: train_lr"):
         build_spec(parse(["bench", "--preset", "smoke", "--scratch-lr", "-1"]))
@@ -455,6 +455,12 @@ def test_scratch_and_the_grown_targets_can_each_take_their_own_lr():
     spec = build_spec(parse(["bench", "--preset", "tiny", "--lr", "5e-4", "--grown-warmup", "5"]))
     assert spec.preset.budget.lr == 5e-4 and spec.preset.scratch_train == {}
     assert spec.preset.grown_train == {"train_warmup": 5}
+    spec = build_spec(parse(["bench", "--preset", "tiny", "--grown-decay-fraction", "0.75"]))
+    assert spec.preset.grown_train == {"train_decay_fraction": 0.75} and spec.preset.scratch_train == {}
+    assert _own_schedules(spec.preset.to_dict()) == (
+        "; every grown target trains with the decay done at 0.75 of the steps instead")
+    with pytest.raises(GrowError, match="train_decay_fraction must be within"):
+        build_spec(parse(["bench", "--preset", "tiny", "--grown-decay-fraction", "1.5"]))
 
 
 def test_scratch_variants_run_in_worker_processes(tmp_path):
@@ -506,7 +512,9 @@ def test_variant_parsing():
             parse_variant(bad)
     v = parse_variant("scratch+train_lr=3e-3+train_warmup=5")  # one point of scratch's lr sweep
     assert v.train == {"train_lr": 0.003, "train_warmup": 5} and not v.options and not v.fit
-    for bad in ("scratch+train_lr=0", "net2net+train_warmup=-1", "net2net+train_warmup=1.5"):
+    assert parse_variant("mango+train_decay_fraction=0.75").train == {"train_decay_fraction": 0.75}
+    for bad in ("scratch+train_lr=0", "net2net+train_warmup=-1", "net2net+train_warmup=1.5",
+                "mango+train_decay_fraction=0", "mango+train_decay_fraction=2"):
         with pytest.raises(GrowError, match="train_"):
             parse_variant(bad)
     from growkit.bench import runner

@@ -165,6 +165,18 @@ def test_lr_schedule():
         TrainConfig(schedule="step").check()
 
 
+def test_a_faster_decay_reaches_the_floor_early_and_holds_it():
+    """decay_fraction 0.5 packs the same cosine into the first half of the steps; 1 is the plain schedule."""
+    plain, fast = lr_factor(TrainConfig(steps=100, warmup=10)), lr_factor(TrainConfig(steps=100, warmup=10, decay_fraction=0.5))
+    assert [fast(s) for s in range(10)] == [plain(s) for s in range(10)]  # the warm-up is untouched
+    assert fast(30) == pytest.approx(0.55)  # half way through the decay at step 10 + 40/2
+    assert all(fast(s) == pytest.approx(0.1) for s in (50, 51, 75, 99))
+    assert plain(50) > 0.6 and plain(99) == pytest.approx(0.1, abs=1e-3)
+    for bad in (0, -0.5, 1.5):
+        with pytest.raises(GrowError, match="decay_fraction"):
+            TrainConfig(decay_fraction=bad).check()
+
+
 def test_divergence_stops_the_run(data, tmp_path):
     model = gpt2()
     with torch.no_grad():

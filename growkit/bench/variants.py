@@ -8,7 +8,8 @@ A benchmark entry is a method name, or a method name with ``+key=value`` parts::
 
 ``fit_steps``, ``fit_lr`` and ``fit_patience`` (held-out checks without a new best
 before the fit stops; 0 turns the check off) set the fit (learned methods only);
-``train_lr`` and ``train_warmup`` set the target's peak lr and warm-up (any entry,
+``train_lr``, ``train_warmup`` and ``train_decay_fraction`` set the target's peak lr, warm-up and the
+share of its steps by which the lr has decayed to its floor (any entry,
 scratch included: ``scratch+train_lr=3e-3`` is one point of an lr sweep); every other key
 is a ``grow()`` option of the method. Otherwise a variant trains its target exactly like
 every other run (the same TrainConfig and data order), so an ablation of an
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from ..core.errors import GrowError
 
 FIT_KEYS = ("fit_steps", "fit_lr", "fit_patience")
-TRAIN_KEYS = ("train_lr", "train_warmup")  #: the target's schedule, as TrainConfig's lr and warmup
+#: the target's schedule, as TrainConfig's lr, warmup and decay_fraction
+TRAIN_KEYS = ("train_lr", "train_warmup", "train_decay_fraction")
 
 
 def parse_value(text: str):
@@ -42,7 +44,7 @@ class Variant:
     method: str
     options: dict = field(default_factory=dict)
     fit: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)  #: train_lr / train_warmup
+    train: dict = field(default_factory=dict)  #: train_lr / train_warmup / train_decay_fraction
 
 
 def parse_variant(entry: str, defaults: dict | None = None) -> Variant:
@@ -63,13 +65,17 @@ def parse_variant(entry: str, defaults: dict | None = None) -> Variant:
     if "fit_lr" in fit and (not isinstance(fit["fit_lr"], (int, float)) or fit["fit_lr"] <= 0):
         raise GrowError(f"{entry!r}: fit_lr must be positive")
     if method == "scratch" and (options or fit):
-        raise GrowError("scratch takes no options but train_lr and train_warmup: it is a fresh random init of the target")
+        raise GrowError("scratch takes no options but train_lr, train_warmup and train_decay_fraction: it is a fresh random init of the target")
     return Variant(entry.strip(), method, options, fit, train)
 
 
 def check_train(train: dict, where: str) -> None:
-    """Refuse a schedule that cannot train: train_lr positive, train_warmup a non-negative integer."""
+    """Refuse a schedule that cannot train: train_lr positive, train_warmup a non-negative integer,
+    train_decay_fraction within (0, 1]."""
     if "train_lr" in train and (not isinstance(train["train_lr"], (int, float)) or train["train_lr"] <= 0):
         raise GrowError(f"{where}: train_lr must be positive")
     if "train_warmup" in train and (not isinstance(train["train_warmup"], int) or train["train_warmup"] < 0):
         raise GrowError(f"{where}: train_warmup must be a non-negative integer")
+    fraction = train.get("train_decay_fraction", 1)
+    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise GrowError(f"{where}: train_decay_fraction must be within (0, 1]")

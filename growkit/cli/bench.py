@@ -60,6 +60,9 @@ def add_parser(sub) -> None:
                    "budget lr; a variant's train_lr= wins); one shared recipe for the grown models")
     g.add_argument("--grown-warmup", type=int, help="every grown target's warm-up steps (scratch keeps the preset's; "
                    "a variant's train_warmup= wins)")
+    g.add_argument("--grown-decay-fraction", type=float, help="every grown target's lr decay reaches its floor at "
+                   "this share of the steps and holds there (default 1: at the last step; a variant's "
+                   "train_decay_fraction= wins)")
     g.add_argument("--source-steps", type=int, help="the source's pretraining steps")
     g.add_argument("--fit-steps", type=int, help="fit steps of the learned methods that fit by default (ligo; "
                    "mango takes its start unless a variant such as mango+fit_steps=100 says)")
@@ -134,7 +137,9 @@ def build_spec(args: argparse.Namespace):
     if options:
         changes["method_options"] = {**preset.method_options, **options}
     own = (("scratch_train", "--scratch-lr", {"train_lr": args.scratch_lr}),
-           ("grown_train", "--grown-lr/--grown-warmup", {"train_lr": args.grown_lr, "train_warmup": args.grown_warmup}))
+           ("grown_train", "--grown-lr/--grown-warmup/--grown-decay-fraction",
+            {"train_lr": args.grown_lr, "train_warmup": args.grown_warmup,
+             "train_decay_fraction": args.grown_decay_fraction}))
     for key, flags, given in own:
         train = {k: v for k, v in given.items() if v is not None}
         if train:

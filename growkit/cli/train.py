@@ -56,6 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
     p.add_argument("--warmup", type=int, default=d.warmup, help=f"warmup steps (default {d.warmup})")
     p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help=f"decay after warmup (default {d.schedule})")
+    p.add_argument("--decay-fraction", type=float, default=d.decay_fraction,
+                   help="the decay reaches its floor at this share of --steps, then the lr holds (default "
+                   f"{d.decay_fraction:g}: at the last step; a grown model may anneal sooner)")
     p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help=f"final lr / peak lr (default {d.min_lr_ratio})")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
     p.add_argument("--clip", type=float, default=d.clip, help=f"gradient norm clip, 0 for none (default {d.clip})")
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or "auto"
     cfg = TrainConfig(
         steps=args.steps, lr=args.lr, warmup=args.warmup, schedule=args.schedule, min_lr_ratio=args.min_lr_ratio,
-        weight_decay=args.weight_decay, clip=args.clip, eval_every=args.eval_every,
+        decay_fraction=args.decay_fraction, weight_decay=args.weight_decay, clip=args.clip, eval_every=args.eval_every,
         checkpoint_every=checkpoint_interval(args.checkpoint_every, args.steps), keep_checkpoints=args.keep_checkpoints,
         seed=args.seed, device=device, precision=args.precision, grad_accum=args.grad_accum,
         progress=False if args.no_progress else None, report_to=(args.report_to,) if args.report_to else (),
