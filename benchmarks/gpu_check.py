@@ -370,7 +370,7 @@ def savings(check: Check, deadline: float) -> dict:
         steps, source_steps = check.steps, max(round(check.steps * source_steps / steps), 1)
         argv += ["--steps", str(steps), "--source-steps", str(source_steps)]
     else:
-        # The full preset (4000 source + 4 x 6000 target steps) does not fit a short lease: scale both budgets
+        # A preset longer than the time left (e.g. with --data and a larger budget) does not fit a short lease: scale both budgets
         # by the time left, from the target's measured step time (the throughput section's eager figure).
         step_s = (check.target_step_s or 0.03) * 1.5  # the loop's clipping, scheduler, logging and evaluation
         fixed = 2 * preset.fit_steps * 3 * step_s + 60  # two fits (a fit step costs ~3 plain steps), start-up, data
