@@ -445,20 +445,24 @@ def test_scratch_and_the_grown_targets_can_each_take_their_own_lr():
 
     tiny = get_preset("llama", "tiny")
     assert tiny.budget.lr == 3e-3 == get_preset("gpt2", "tiny-long").budget.lr
-    assert tiny.scratch_train == {} == tiny.grown_train
+    assert tiny.scratch_train == {} and tiny.grown_train == {"train_decay_fraction": 0.75}
+    assert get_preset("gpt2", "tiny-long").grown_train == tiny.grown_train == get_preset("gpt2", "tiny").grown_train
+    assert get_preset("bert", "tiny").grown_train == {} == get_preset("gpt2", "smoke").grown_train
     assert get_preset("bert", "tiny").budget.lr == 2e-3  # its sweep has not been run
     parse = build_parser().parse_args
     spec = build_spec(parse(["bench", "--preset", "tiny", "--scratch-lr", "4e-3", "--grown-lr", "1e-3"]))
-    assert spec.preset.scratch_train == {"train_lr": 4e-3} and spec.preset.grown_train == {"train_lr": 1e-3}
+    assert spec.preset.scratch_train == {"train_lr": 4e-3}
+    assert spec.preset.grown_train == {"train_lr": 1e-3, "train_decay_fraction": 0.75}  # the flag keeps the decay
     assert _own_schedules(spec.preset.to_dict()) == (
-        "; scratch trains with peak lr 0.004 instead; every grown target trains with peak lr 0.001 instead")
+        "; scratch trains with peak lr 0.004 instead; every grown target trains with peak lr 0.001, "
+        "the lr decay ending at 75% of the steps instead")
     spec = build_spec(parse(["bench", "--preset", "tiny", "--lr", "5e-4", "--grown-warmup", "5"]))
     assert spec.preset.budget.lr == 5e-4 and spec.preset.scratch_train == {}
-    assert spec.preset.grown_train == {"train_warmup": 5}
-    spec = build_spec(parse(["bench", "--preset", "tiny", "--grown-decay-fraction", "0.75"]))
-    assert spec.preset.grown_train == {"train_decay_fraction": 0.75} and spec.preset.scratch_train == {}
+    assert spec.preset.grown_train == {"train_warmup": 5, "train_decay_fraction": 0.75}
+    spec = build_spec(parse(["bench", "--preset", "tiny", "--grown-decay-fraction", "1"]))  # the plain schedule
+    assert spec.preset.grown_train == {"train_decay_fraction": 1} and spec.preset.scratch_train == {}
     assert _own_schedules(spec.preset.to_dict()) == (
-        "; every grown target trains with the decay done at 0.75 of the steps instead")
+        "; every grown target trains with the lr decay ending at 100% of the steps instead")
     with pytest.raises(GrowError, match="train_decay_fraction must be within"):
         build_spec(parse(["bench", "--preset", "tiny", "--grown-decay-fraction", "1.5"]))
 

@@ -302,7 +302,7 @@ def _own_schedules(p: dict) -> str:
         train = p.get(key) or {}
         parts = [f"peak lr {train['train_lr']:g}" if "train_lr" in train else "",
                  f"warmup {train['train_warmup']}" if "train_warmup" in train else "",
-                 f"the decay done at {train['train_decay_fraction']:g} of the steps"
+                 f"the lr decay ending at {train['train_decay_fraction']:.0%} of the steps"
                  if "train_decay_fraction" in train else ""]
         if any(parts):
             own.append(f"{who} trains with {', '.join(x for x in parts if x)} instead")

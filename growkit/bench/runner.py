@@ -404,7 +404,7 @@ class Runner:
         cfg = dataclasses.replace(cfg, **{key.removeprefix("train_"): value
                                           for key, value in settings.get("train", {}).items()})
         self.log(f"[seed {seed}] {entry}: training {cfg.steps} steps"
-                 + (f" (peak lr {cfg.lr:g}, warm-up {cfg.warmup}, decay done at {cfg.decay_fraction:g} of the steps)"
+                 + (f" (peak lr {cfg.lr:g}, warm-up {cfg.warmup}, decay ending at {cfg.decay_fraction:.0%} of the steps)"
                     if "train" in settings else ""))
         result = train(model, data, cfg, folder / "train", flops_offset=fit_flops, seconds_offset=grow_seconds)
         if not self.spec.keep_models and result.final_dir is not None and distributed.is_main():

@@ -144,7 +144,7 @@ def build_spec(args: argparse.Namespace):
         train = {k: v for k, v in given.items() if v is not None}
         if train:
             check_train(train, flags)
-            changes[key] = train
+            changes[key] = {**getattr(preset, key), **train}  # a flag overrides its field, not the preset's others
     preset = preset.replace(**changes)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unused = sorted(set(options) - {m.split("+", 1)[0] for m in methods})
