@@ -61,8 +61,9 @@ def add_parser(sub) -> None:
     g.add_argument("--grown-warmup", type=int, help="every grown target's warm-up steps (scratch keeps the preset's; "
                    "a variant's train_warmup= wins)")
     g.add_argument("--grown-decay-fraction", type=float, help="every grown target's lr decay reaches its floor at "
-                   "this share of the steps and holds there (default 1: at the last step; a variant's "
-                   "train_decay_fraction= wins)")
+                   "this share of the steps and holds there (default: the preset's, 0.75 for the causal tiny and "
+                   "tiny-long presets, else 1, the last step; 1 gives the grown targets scratch's schedule; a "
+                   "variant's train_decay_fraction= wins)")
     g.add_argument("--source-steps", type=int, help="the source's pretraining steps")
     g.add_argument("--fit-steps", type=int, help="fit steps of the learned methods that fit by default (ligo; "
                    "mango takes its start unless a variant such as mango+fit_steps=100 says)")
