@@ -22,6 +22,7 @@ import torch
 
 from growkit.bench.presets import get_preset
 from growkit.bench.runner import BenchSpec, load_data
+from growkit.bench.variants import with_schedule
 from growkit.io import load_pretrained
 from growkit.train import evaluate, lr_factor, make_optimizer
 
@@ -61,7 +62,7 @@ def main() -> None:
     print(f"| seed | small model | highest (step) | at step {args.steps} |\n|---|---|---|---|")
     for seed in (int(s) for s in args.seeds.split(",")):
         folder = bench / f"source-{args.family}-{args.preset}-seed{seed}" / "train" / "final"
-        cfg = preset.budget.config(seed, "cpu", False)
+        cfg = with_schedule(preset.budget.config(seed, "cpu", False), preset.train_overrides(scratch=False))
         cfg = dataclasses.replace(cfg, lr=args.lr) if args.lr else cfg
         curve = rewarm_curve(load_pretrained(folder), data, cfg, args.steps, args.every)
         step, highest = max(curve, key=lambda point: point[1])

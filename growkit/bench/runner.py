@@ -31,7 +31,6 @@ rank 0 writes to OUT.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -65,7 +64,7 @@ from ..progress import lines_to, progress_bar
 from ..train import train
 from .load import LoadMonitor
 from .presets import Preset
-from .variants import Variant, parse_variant
+from .variants import Variant, parse_variant, with_schedule
 
 #: every method the benchmark knows, in report order; "scratch" is the baseline
 DEFAULT_METHODS = ("scratch", "stackbert", "interpolate", "net2net", "bert2bert", "exact", "ligo", "mango")
@@ -400,9 +399,7 @@ class Runner:
             batch = next(data.train_batches(seed))
             model.train()
             measured = {"analytic": flops_per_batch(target_config, batch), "measured": measure_flops(model, batch)}
-        cfg = p.budget.config(seed, p.device, self.spec.progress)
-        cfg = dataclasses.replace(cfg, **{key.removeprefix("train_"): value
-                                          for key, value in settings.get("train", {}).items()})
+        cfg = with_schedule(p.budget.config(seed, p.device, self.spec.progress), settings.get("train", {}))
         self.log(f"[seed {seed}] {entry}: training {cfg.steps} steps"
                  + (f" (peak lr {cfg.lr:g}, warm-up {cfg.warmup}, decay ending at {cfg.decay_fraction:.0%} of the steps)"
                     if "train" in settings else ""))

@@ -17,9 +17,11 @@ operator's recipe reuses the benchmark's scratch and fixed-method runs.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..core.errors import GrowError
+from ..settings import TrainConfig
 
 FIT_KEYS = ("fit_steps", "fit_lr", "fit_patience")
 #: the target's schedule, as TrainConfig's lr, warmup and decay_fraction
@@ -67,6 +69,11 @@ def parse_variant(entry: str, defaults: dict | None = None) -> Variant:
     if method == "scratch" and (options or fit):
         raise GrowError("scratch takes no options but train_lr, train_warmup and train_decay_fraction: it is a fresh random init of the target")
     return Variant(entry.strip(), method, options, fit, train)
+
+
+def with_schedule(cfg: TrainConfig, train: dict) -> TrainConfig:
+    """``cfg`` with a run's own schedule fields set (``train_lr`` -> ``lr``, ``train_warmup`` -> ``warmup``, ...)."""
+    return dataclasses.replace(cfg, **{key.removeprefix("train_"): value for key, value in train.items()})
 
 
 def check_train(train: dict, where: str) -> None:
